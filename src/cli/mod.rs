@@ -1,0 +1,103 @@
+//! Subcommands and their shared options.
+
+mod compare;
+mod detect;
+mod embed;
+mod models;
+mod output;
+
+use clap::{Args, Parser, Subcommand};
+use face_edge::detect::{DEFAULT_MAX_SIDE, DetectSettings};
+use face_edge::models::{Catalog, DEFAULT_DETECTOR, DEFAULT_EMBEDDER, MODELS_DIR_ENV};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Some inputs failed; the others were processed.
+pub const EXIT_PARTIAL: u8 = 1;
+/// Configuration or model problem (sysexits EX_CONFIG): retrying will not help.
+pub const EXIT_CONFIG: u8 = 78;
+
+#[derive(Parser)]
+#[command(name = "face-edge", version, about = "Face recognition for edge boards: detect, embed, compare, run")]
+pub struct Cli {
+    /// Log level (error, warn, info, debug, trace); overrides RUST_LOG.
+    #[arg(long, global = true, env = "FACE_EDGE_LOG")]
+    pub log_level: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Detect faces in images: box, score and 5 landmarks per face.
+    Detect(detect::DetectArgs),
+    /// Detect, align and embed faces; one JSON object per image with --jsonl.
+    Embed(embed::EmbedArgs),
+    /// Cosine similarity of the main faces of two images, and the same/different decision.
+    Compare(compare::CompareArgs),
+    /// List, verify or fetch model weights.
+    Models(models::ModelsArgs),
+}
+
+/// Where models are and how to detect; shared by every command that runs the pipeline.
+#[derive(Args, Clone)]
+pub struct ModelOptions {
+    /// Directory holding the model weights (and extra manifests).
+    #[arg(long, env = MODELS_DIR_ENV)]
+    pub models_dir: Option<PathBuf>,
+    /// Detector model id.
+    #[arg(long, default_value = DEFAULT_DETECTOR)]
+    pub detector: String,
+    /// Minimum detection score (default: the detector manifest's).
+    #[arg(long)]
+    pub score_threshold: Option<f32>,
+    /// Scale frames down so their longer side is at most this for detection; 0 = native resolution.
+    #[arg(long, default_value_t = DEFAULT_MAX_SIDE)]
+    pub max_side: u32,
+}
+
+impl ModelOptions {
+    pub fn catalog(&self) -> anyhow::Result<Catalog> {
+        Ok(Catalog::load(&Catalog::resolve_dir(self.models_dir.as_deref(), None))?)
+    }
+
+    pub fn detect_settings(&self) -> anyhow::Result<DetectSettings> {
+        if let Some(t) = self.score_threshold
+            && !(0.0..=1.0).contains(&t)
+        {
+            anyhow::bail!("--score-threshold {t} is outside 0..1");
+        }
+        Ok(DetectSettings { score_threshold: self.score_threshold, max_side: self.max_side })
+    }
+}
+
+/// The embedder to use; defaults to the product's model.
+#[derive(Args, Clone)]
+pub struct EmbedderOption {
+    /// Embedder model id (see `face-edge models list`).
+    #[arg(long, default_value = DEFAULT_EMBEDDER)]
+    pub model: String,
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Detect(a) => detect::run(a),
+        Command::Embed(a) => embed::run(a),
+        Command::Compare(a) => compare::run(a),
+        Command::Models(a) => models::run(a),
+    }
+}
+
+/// stderr logging for interactive use; `--log-level` wins over RUST_LOG, default "warn".
+pub fn init_logging(level: Option<&str>) {
+    let mut builder = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"));
+    if let Some(level) = level {
+        builder.parse_filters(level);
+    }
+    builder.format_timestamp(None).init();
+}
+
+/// Exit status of a batch: 0 when every input succeeded.
+pub fn batch_exit(failed: usize) -> ExitCode {
+    if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(EXIT_PARTIAL) }
+}

@@ -1,0 +1,18 @@
+//! face-edge command line: argument parsing and exit codes. Each subcommand lives in `cli/`.
+
+mod cli;
+
+use clap::Parser;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let args = cli::Cli::parse();
+    cli::init_logging(args.log_level.as_deref());
+    match cli::run(args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("face-edge: error: {e:#}");
+            ExitCode::from(cli::EXIT_CONFIG)
+        }
+    }
+}

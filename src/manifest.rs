@@ -1,0 +1,351 @@
+//! Model manifests (`models/<id>.toml`): what a weights file is, where it comes from, and the exact
+//! input/output contract face-edge must honour to run it. Parsed strictly and validated on load.
+
+use serde::Deserialize;
+use std::path::Path;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("{source_name}: {message}")]
+    Parse { source_name: String, message: String },
+    #[error("{source_name}: {field}: {message}")]
+    Invalid { source_name: String, field: &'static str, message: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Detector,
+    Embedder,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub id: String,
+    pub role: Role,
+    pub description: String,
+    /// File name of the weights inside the models directory.
+    pub weights: String,
+    #[serde(default)]
+    pub sha256: Option<String>,
+    /// Git blob id (sha1 of `"blob <len>\0" + content`), for upstreams that publish no sha256.
+    #[serde(default)]
+    pub git_blob_sha1: Option<String>,
+    #[serde(default)]
+    pub url: Option<String>,
+    pub license: License,
+    #[serde(default)]
+    pub detector: Option<DetectorSpec>,
+    #[serde(default)]
+    pub embedder: Option<EmbedderSpec>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct License {
+    pub name: String,
+    /// false: face-edge must never ship the weights and shows `terms` before fetching them.
+    pub redistributable: bool,
+    pub terms: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum ColorOrder {
+    Rgb,
+    Bgr,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum Layout {
+    #[serde(rename = "NCHW")]
+    Nchw,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DetectorKind {
+    Yunet,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DetectorSpec {
+    pub kind: DetectorKind,
+    pub color: ColorOrder,
+    pub input_multiple: u32,
+    pub strides: Vec<u32>,
+    pub score_threshold: f32,
+    pub nms_iou: f32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbedderSpec {
+    /// [width, height] of the network input, which is also the aligned crop size.
+    pub input_size: [u32; 2],
+    pub layout: Layout,
+    pub color: ColorOrder,
+    pub normalization: Normalization,
+    pub alignment: Alignment,
+    pub output: OutputSpec,
+    #[serde(default)]
+    pub display: Option<DisplayCalibration>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum PixelUnits {
+    /// mean/std (or offset) are stated for pixels scaled to 0..1.
+    #[serde(rename = "0..1")]
+    Unit,
+    /// mean/std (or offset) are stated for raw 0..255 pixels.
+    #[serde(rename = "0..255")]
+    Byte,
+}
+
+/// Either `(x - mean) / std` or `(x - offset) * scale`, per channel in the model's colour order, with x in
+/// `units`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Normalization {
+    pub units: PixelUnits,
+    #[serde(default)]
+    pub mean: Option<[f32; 3]>,
+    #[serde(default)]
+    pub std: Option<[f32; 3]>,
+    #[serde(default)]
+    pub offset: Option<[f32; 3]>,
+    #[serde(default)]
+    pub scale: Option<[f32; 3]>,
+}
+
+impl Normalization {
+    /// Per-channel (gain, bias) such that value = gain * byte + bias for a 0..255 byte.
+    pub fn affine_per_channel(&self) -> [(f32, f32); 3] {
+        let unit = match self.units {
+            PixelUnits::Unit => 1.0 / 255.0,
+            PixelUnits::Byte => 1.0,
+        };
+        let (offset, scale) = match (self.mean, self.std, self.offset, self.scale) {
+            (Some(m), Some(s), _, _) => (m, s.map(|s| 1.0 / s)),
+            (_, _, Some(o), Some(s)) => (o, s),
+            _ => unreachable!("validated: mean/std or offset/scale present"),
+        };
+        std::array::from_fn(|c| (unit * scale[c], -offset[c] * scale[c]))
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Alignment {
+    /// The five landmarks (image-left eye, image-right eye, nose, image-left and image-right mouth corner)
+    /// in output-crop pixels.
+    pub template: [[f32; 2]; 5],
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Metric {
+    Cosine,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputSpec {
+    pub dim: usize,
+    pub metric: Metric,
+    /// Default same-person threshold on the metric.
+    pub threshold: f32,
+}
+
+/// A presentation score derived from the cosine, e.g. FACE01's "percentage".
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DisplayCalibration {
+    pub label: String,
+    /// Coefficients from the constant term up: c0 + c1*x + c2*x^2 + ...
+    pub polynomial: Vec<f32>,
+    pub unit: String,
+}
+
+impl DisplayCalibration {
+    /// The display value for a cosine, clamped to 0..100 when the unit is a percentage.
+    pub fn apply(&self, cosine: f32) -> f32 {
+        let value = self.polynomial.iter().rev().fold(0.0f32, |acc, c| acc * cosine + c);
+        if self.unit == "%" { value.clamp(0.0, 100.0) } else { value }
+    }
+}
+
+impl Manifest {
+    /// Parses and validates a manifest; `source_name` (a path or "builtin:<id>") names it in errors.
+    pub fn parse(text: &str, source_name: &str) -> Result<Manifest, ManifestError> {
+        let manifest: Manifest = toml::from_str(text).map_err(|e| ManifestError::Parse {
+            source_name: source_name.to_string(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        manifest.validate(source_name)?;
+        Ok(manifest)
+    }
+
+    pub fn from_file(path: &Path) -> Result<Manifest, ManifestError> {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ManifestError::Parse { source_name: name.clone(), message: e.to_string() })?;
+        Manifest::parse(&text, &name)
+    }
+
+    pub fn embedder_spec(&self) -> Option<&EmbedderSpec> {
+        self.embedder.as_ref()
+    }
+
+    fn validate(&self, source_name: &str) -> Result<(), ManifestError> {
+        let invalid = |field: &'static str, message: String| ManifestError::Invalid {
+            source_name: source_name.to_string(),
+            field,
+            message,
+        };
+        let is_slug = |s: &str| {
+            !s.is_empty() && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+        };
+        if !is_slug(&self.id) {
+            return Err(invalid("id", format!("{:?} must be lowercase letters, digits, '-' or '_'", self.id)));
+        }
+        if self.weights.is_empty() || self.weights.contains('/') || self.weights.contains('\\') {
+            return Err(invalid("weights", format!("{:?} must be a plain file name", self.weights)));
+        }
+        let is_hex = |s: &str, len: usize| s.len() == len && s.chars().all(|c| c.is_ascii_hexdigit());
+        match (&self.sha256, &self.git_blob_sha1) {
+            (None, None) => {
+                return Err(invalid("sha256", "a manifest needs sha256 or git_blob_sha1".to_string()));
+            }
+            (Some(s), _) if !is_hex(s, 64) => {
+                return Err(invalid("sha256", format!("{s:?} is not 64 hex digits")));
+            }
+            (_, Some(s)) if !is_hex(s, 40) => {
+                return Err(invalid("git_blob_sha1", format!("{s:?} is not 40 hex digits")));
+            }
+            _ => {}
+        }
+        match (self.role, &self.detector, &self.embedder) {
+            (Role::Detector, Some(d), None) => validate_detector(d).map_err(|(f, m)| invalid(f, m)),
+            (Role::Embedder, None, Some(e)) => validate_embedder(e).map_err(|(f, m)| invalid(f, m)),
+            (Role::Detector, _, _) => {
+                Err(invalid("role", "a detector needs a [detector] section and no [embedder]".to_string()))
+            }
+            (Role::Embedder, _, _) => {
+                Err(invalid("role", "an embedder needs an [embedder] section and no [detector]".to_string()))
+            }
+        }
+    }
+}
+
+type FieldError = (&'static str, String);
+
+fn validate_detector(d: &DetectorSpec) -> Result<(), FieldError> {
+    if d.input_multiple == 0 || d.strides.is_empty() {
+        return Err(("detector.strides", "input_multiple and strides must be non-zero".into()));
+    }
+    if let Some(s) = d.strides.iter().find(|&&s| s == 0 || d.input_multiple % s != 0) {
+        return Err(("detector.strides", format!("stride {s} does not divide input_multiple {}", d.input_multiple)));
+    }
+    if !(0.0..=1.0).contains(&d.score_threshold) {
+        return Err(("detector.score_threshold", format!("{} is outside 0..1", d.score_threshold)));
+    }
+    if !(0.0..=1.0).contains(&d.nms_iou) {
+        return Err(("detector.nms_iou", format!("{} is outside 0..1", d.nms_iou)));
+    }
+    Ok(())
+}
+
+fn validate_embedder(e: &EmbedderSpec) -> Result<(), FieldError> {
+    let [w, h] = e.input_size;
+    if w == 0 || h == 0 || w > 4096 || h > 4096 {
+        return Err(("embedder.input_size", format!("{w}x{h} is not a plausible input size")));
+    }
+    let n = &e.normalization;
+    let divisors = match (n.mean, n.std, n.offset, n.scale) {
+        (Some(_), Some(std), None, None) => std,
+        (None, None, Some(_), Some(scale)) => scale,
+        _ => {
+            return Err((
+                "embedder.normalization",
+                "give either mean and std, or offset and scale (not both, not one alone)".into(),
+            ));
+        }
+    };
+    if divisors.iter().any(|v| !v.is_finite() || *v == 0.0) {
+        return Err(("embedder.normalization", "std/scale values must be finite and non-zero".into()));
+    }
+    if e.alignment.template.iter().flatten().any(|v| !v.is_finite()) {
+        return Err(("embedder.alignment.template", "points must be finite".into()));
+    }
+    if e.output.dim == 0 {
+        return Err(("embedder.output.dim", "must be at least 1".into()));
+    }
+    if !(-1.0..=1.0).contains(&e.output.threshold) {
+        return Err(("embedder.output.threshold", format!("{} is outside -1..1", e.output.threshold)));
+    }
+    if let Some(d) = &e.display
+        && d.polynomial.is_empty()
+    {
+        return Err(("embedder.display.polynomial", "needs at least one coefficient".into()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BUILTIN: &str = include_str!("../models/japanese-face-v1.toml");
+
+    #[test]
+    fn japanese_face_manifest_carries_the_face01_contract() {
+        let m = Manifest::parse(BUILTIN, "builtin").unwrap();
+        let e = m.embedder_spec().unwrap();
+        assert_eq!(e.input_size, [224, 224]);
+        assert_eq!(e.output.dim, 512);
+        assert!(!m.license.redistributable);
+        // x/255 then ImageNet mean/std: byte 255 on the red channel gives (1 - 0.485) / 0.229.
+        let (g, b) = e.normalization.affine_per_channel()[0];
+        assert!((g * 255.0 + b - (1.0 - 0.485) / 0.229).abs() < 1e-5);
+        let pct = e.display.as_ref().unwrap();
+        assert!((pct.apply(0.4) - (-23.71 * 0.16 + 49.98 * 0.4 + 73.69)).abs() < 1e-4);
+        assert_eq!(pct.apply(-1.0), 0.0);
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_their_name() {
+        let text = BUILTIN.replace("threshold = 0.4", "threshold = 0.4\nthreshhold = 0.5");
+        let err = Manifest::parse(&text, "x.toml").unwrap_err().to_string();
+        assert!(err.contains("threshhold") && err.contains("x.toml"), "{err}");
+    }
+
+    #[test]
+    fn half_given_normalization_is_refused() {
+        let text = BUILTIN.replace("std = [0.229, 0.224, 0.225]\n", "");
+        let err = Manifest::parse(&text, "x.toml").unwrap_err().to_string();
+        assert!(err.contains("embedder.normalization"), "{err}");
+    }
+
+    #[test]
+    fn offset_scale_form_matches_mean_std_form() {
+        let text = include_str!("../models/mobilefacenet.toml")
+            .replace("mean = [127.0, 127.0, 127.0]", "offset = [127.0, 127.0, 127.0]")
+            .replace("std = [128.0, 128.0, 128.0]", "scale = [0.0078125, 0.0078125, 0.0078125]");
+        let a = Manifest::parse(&text, "a").unwrap();
+        let b = Manifest::parse(include_str!("../models/mobilefacenet.toml"), "b").unwrap();
+        assert_eq!(
+            a.embedder_spec().unwrap().normalization.affine_per_channel(),
+            b.embedder_spec().unwrap().normalization.affine_per_channel()
+        );
+    }
+
+    #[test]
+    fn a_checksum_is_required() {
+        let text = include_str!("../models/mobilefacenet.toml").replace("sha256 =", "# sha256 =");
+        let err = Manifest::parse(&text, "m").unwrap_err().to_string();
+        assert!(err.contains("sha256"), "{err}");
+    }
+}

@@ -1,0 +1,293 @@
+//! The model catalog: built-in and user manifests, the models directory that holds the weights, checksum
+//! verification on load, and `fetch` (download + verify + atomic install). This is IO; the pure contract
+//! lives in `manifest`.
+
+use crate::manifest::{Manifest, ManifestError, Role};
+use sha1::Digest as _;
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Environment variable naming the models directory (after `--models-dir`, before the config file).
+pub const MODELS_DIR_ENV: &str = "FACE_EDGE_MODELS_DIR";
+/// Where the packaged service keeps weights when nothing else is said.
+pub const DEFAULT_MODELS_DIR: &str = "/var/lib/face-edge/models";
+/// The product's embedder.
+pub const DEFAULT_EMBEDDER: &str = "japanese-face-v1";
+pub const DEFAULT_DETECTOR: &str = "yunet-2023mar";
+
+/// Manifests compiled into the binary, so an installed face-edge knows its models without extra files.
+const BUILTIN: &[(&str, &str)] = &[
+    ("yunet-2023mar", include_str!("../models/yunet-2023mar.toml")),
+    ("mobilefacenet", include_str!("../models/mobilefacenet.toml")),
+    ("japanese-face-v1", include_str!("../models/japanese-face-v1.toml")),
+    ("japanese-face-v1-standin", include_str!("../models/japanese-face-v1-standin.toml")),
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error("unknown model {id:?}; known models: {known}")]
+    Unknown { id: String, known: String },
+    #[error("model {id:?} is a {actual}, not a {wanted}")]
+    WrongRole { id: String, actual: &'static str, wanted: &'static str },
+    #[error("{}: weights of {id:?} not found ({hint})", path.display())]
+    Missing { id: String, path: PathBuf, hint: String },
+    #[error("{}: {what} mismatch: expected {expected}, file has {actual} (wrong or corrupted file; delete it and fetch again)", path.display())]
+    Checksum { path: PathBuf, what: &'static str, expected: String, actual: String },
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{}: not a usable ONNX model: {message}", path.display())]
+    Onnx { path: PathBuf, message: String },
+    #[error("{}: the model disagrees with its manifest {id:?}: {message}", path.display())]
+    Contract { path: PathBuf, id: String, message: String },
+    #[error("model {id:?} has no download URL in its manifest; copy {weights} into {} yourself", dir.display())]
+    NoUrl { id: String, weights: String, dir: PathBuf },
+    #[error(
+        "model {id:?} is not redistributable; read its terms (`face-edge models fetch {id}` shows them) and pass --accept-license to download it"
+    )]
+    LicenseNotAccepted { id: String },
+    #[error("downloading {id:?} from {url} failed: {message}")]
+    Download { id: String, url: String, message: String },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ModelError + '_ {
+    move |source| ModelError::Io { path: path.to_path_buf(), source }
+}
+
+/// Weights read from disk whose checksum matched the manifest.
+pub struct VerifiedWeights {
+    pub path: PathBuf,
+    pub bytes: Vec<u8>,
+    /// Always computed, also for manifests that only carry a git blob id: the gallery keys its store on it.
+    pub sha256: String,
+}
+
+/// What `models list` reports for one model.
+#[derive(Debug)]
+pub enum WeightsStatus {
+    Verified { sha256: String, size: u64 },
+    Missing,
+    Bad(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct Catalog {
+    models_dir: PathBuf,
+    manifests: BTreeMap<String, Manifest>,
+}
+
+impl Catalog {
+    /// Built-in manifests, overridden or extended by `*.toml` manifests in the models directory.
+    pub fn load(models_dir: &Path) -> Result<Catalog, ModelError> {
+        let mut manifests = BTreeMap::new();
+        for (id, text) in BUILTIN {
+            let m = Manifest::parse(text, &format!("builtin manifest {id}"))?;
+            manifests.insert(m.id.clone(), m);
+        }
+        if let Ok(entries) = fs::read_dir(models_dir) {
+            let mut paths: Vec<PathBuf> = entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+                .collect();
+            paths.sort();
+            for path in paths {
+                let m = Manifest::from_file(&path)?;
+                manifests.insert(m.id.clone(), m);
+            }
+        }
+        Ok(Catalog { models_dir: models_dir.to_path_buf(), manifests })
+    }
+
+    /// `--models-dir`, then `FACE_EDGE_MODELS_DIR` (both resolved by the CLI), then the config's value,
+    /// then the packaged default.
+    pub fn resolve_dir(cli_or_env: Option<&Path>, config: Option<&Path>) -> PathBuf {
+        cli_or_env.or(config).map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(DEFAULT_MODELS_DIR))
+    }
+
+    pub fn models_dir(&self) -> &Path {
+        &self.models_dir
+    }
+
+    pub fn manifests(&self) -> impl Iterator<Item = &Manifest> {
+        self.manifests.values()
+    }
+
+    pub fn get(&self, id: &str) -> Result<&Manifest, ModelError> {
+        self.manifests.get(id).ok_or_else(|| ModelError::Unknown {
+            id: id.to_string(),
+            known: self.manifests.keys().cloned().collect::<Vec<_>>().join(", "),
+        })
+    }
+
+    pub fn get_role(&self, id: &str, role: Role) -> Result<&Manifest, ModelError> {
+        let m = self.get(id)?;
+        if m.role != role {
+            return Err(ModelError::WrongRole { id: id.to_string(), actual: role_name(m.role), wanted: role_name(role) });
+        }
+        Ok(m)
+    }
+
+    pub fn weights_path(&self, m: &Manifest) -> PathBuf {
+        self.models_dir.join(&m.weights)
+    }
+
+    /// Reads the weights and checks them against every checksum the manifest gives.
+    pub fn read_verified(&self, m: &Manifest) -> Result<VerifiedWeights, ModelError> {
+        let path = self.weights_path(m);
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let hint = if m.url.is_some() {
+                    format!("run `face-edge models fetch {}`", m.id)
+                } else {
+                    format!("copy {} into {}", m.weights, self.models_dir.display())
+                };
+                return Err(ModelError::Missing { id: m.id.clone(), path, hint });
+            }
+            Err(e) => return Err(io_err(&path)(e)),
+        };
+        let sha256 = verify_checksums(m, &bytes, &path)?;
+        Ok(VerifiedWeights { path, bytes, sha256 })
+    }
+
+    pub fn status(&self, m: &Manifest) -> WeightsStatus {
+        match self.read_verified(m) {
+            Ok(w) => WeightsStatus::Verified { sha256: w.sha256, size: w.bytes.len() as u64 },
+            Err(ModelError::Missing { .. }) => WeightsStatus::Missing,
+            Err(e) => WeightsStatus::Bad(e.to_string()),
+        }
+    }
+
+    /// Downloads the weights from the manifest URL, verifies them and installs them atomically
+    /// (temporary file, fsync, rename). Nothing is left behind on failure. `progress` gets
+    /// (bytes so far, total if known).
+    pub fn fetch(
+        &self,
+        m: &Manifest,
+        accept_license: bool,
+        mut progress: impl FnMut(u64, Option<u64>),
+    ) -> Result<PathBuf, ModelError> {
+        if !m.license.redistributable && !accept_license {
+            return Err(ModelError::LicenseNotAccepted { id: m.id.clone() });
+        }
+        let url = m.url.clone().ok_or_else(|| ModelError::NoUrl {
+            id: m.id.clone(),
+            weights: m.weights.clone(),
+            dir: self.models_dir.clone(),
+        })?;
+        let download_err = |message: String| ModelError::Download { id: m.id.clone(), url: url.clone(), message };
+        fs::create_dir_all(&self.models_dir).map_err(io_err(&self.models_dir))?;
+        let final_path = self.weights_path(m);
+        let part_path = self.models_dir.join(format!(".{}.part", m.weights));
+
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_connect(Some(Duration::from_secs(20)))
+            .timeout_recv_response(Some(Duration::from_secs(60)))
+            .build()
+            .into();
+        let response = agent.get(&url).call().map_err(|e| download_err(e.to_string()))?;
+        let body = response.into_body();
+        let total = body.content_length();
+        let mut reader = body.into_reader();
+
+        let result = (|| {
+            let mut file = File::create(&part_path).map_err(io_err(&part_path))?;
+            let mut bytes = Vec::with_capacity(total.unwrap_or(0).min(1 << 30) as usize);
+            let mut chunk = vec![0u8; 1 << 16];
+            loop {
+                let n = reader.read(&mut chunk).map_err(|e| download_err(e.to_string()))?;
+                if n == 0 {
+                    break;
+                }
+                bytes.extend_from_slice(&chunk[..n]);
+                file.write_all(&chunk[..n]).map_err(io_err(&part_path))?;
+                progress(bytes.len() as u64, total);
+            }
+            verify_checksums(m, &bytes, &url_path(&url))?;
+            file.sync_all().map_err(io_err(&part_path))?;
+            fs::rename(&part_path, &final_path).map_err(io_err(&final_path))?;
+            if let Ok(dir) = File::open(&self.models_dir) {
+                let _ = dir.sync_all();
+            }
+            Ok(final_path.clone())
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&part_path);
+        }
+        result
+    }
+}
+
+fn url_path(url: &str) -> PathBuf {
+    PathBuf::from(url)
+}
+
+pub fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Detector => "detector",
+        Role::Embedder => "embedder",
+    }
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&sha2::Sha256::digest(bytes))
+}
+
+/// Git's blob id: sha1 over `"blob <len>\0"` followed by the content.
+pub fn git_blob_sha1_hex(bytes: &[u8]) -> String {
+    let mut h = sha1::Sha1::new();
+    h.update(format!("blob {}\0", bytes.len()).as_bytes());
+    h.update(bytes);
+    hex(&h.finalize())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Checks every checksum the manifest gives; returns the sha256 of the bytes.
+fn verify_checksums(m: &Manifest, bytes: &[u8], path: &Path) -> Result<String, ModelError> {
+    let sha256 = sha256_hex(bytes);
+    if let Some(expected) = &m.sha256
+        && !expected.eq_ignore_ascii_case(&sha256)
+    {
+        return Err(ModelError::Checksum {
+            path: path.to_path_buf(),
+            what: "sha256",
+            expected: expected.clone(),
+            actual: sha256,
+        });
+    }
+    if let Some(expected) = &m.git_blob_sha1 {
+        let actual = git_blob_sha1_hex(bytes);
+        if !expected.eq_ignore_ascii_case(&actual) {
+            return Err(ModelError::Checksum { path: path.to_path_buf(), what: "git blob id", expected: expected.clone(), actual });
+        }
+    }
+    Ok(sha256)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn git_blob_id_matches_git() {
+        // `printf 'hello\n' | git hash-object --stdin`
+        assert_eq!(git_blob_sha1_hex(b"hello\n"), "ce013625030ba8dba906f756967f9e9ca394464a");
+    }
+
+    #[test]
+    fn builtin_manifests_parse_and_include_the_seed_model() {
+        let c = Catalog::load(Path::new("/nonexistent")).unwrap();
+        let m = c.get_role(DEFAULT_EMBEDDER, Role::Embedder).unwrap();
+        assert_eq!(m.weights, "efficientnetv2_arcface.onnx");
+        assert!(c.get_role(DEFAULT_DETECTOR, Role::Embedder).is_err());
+        let err = c.get("nope").unwrap_err().to_string();
+        assert!(err.contains("mobilefacenet"), "{err}");
+    }
+}
