@@ -62,34 +62,49 @@ pub fn similarity_from_points(src: &[[f32; 2]], dst: &[[f32; 2]]) -> Option<Simi
     Some(Similarity { a, b, tx: mdx - (a * msx - b * msy), ty: mdy - (b * msx + a * msy) })
 }
 
+/// Sub-pixel resolution of sampling positions: 1/32 px, as OpenCV's INTER_BITS.
+const FRAC_BITS: i64 = 5;
+const FRAC: i64 = 1 << FRAC_BITS;
+/// Fixed-point scale of the transform's terms before they are reduced to 1/32 px (OpenCV's AB_BITS).
+const AB_SCALE: f64 = 1024.0;
+
 /// Samples `img` at every output pixel mapped back through `to_output.inverse()`, bilinearly; neighbours
-/// outside the image count as black, as OpenCV's BORDER_CONSTANT. Values are rounded to bytes.
+/// outside the image count as black (OpenCV's BORDER_CONSTANT). The arithmetic is OpenCV's warpAffine
+/// INTER_LINEAR for 8-bit images: positions rounded to 1/32 px, integer weights summing to 2^15, rounded
+/// result. Matching it keeps crops within a grey level of the reference, which matters for models that
+/// are sensitive to tiny input changes.
 pub fn warp_similarity(img: &RgbImage, to_output: &Similarity, out_w: u32, out_h: u32) -> Option<RgbImage> {
     let inv = to_output.inverse()?;
+    // src = [m0 m1; m3 m4] * dst + [m2, m5]
+    let (m0, m1, m2, m3, m4, m5) = (inv.a, -inv.b, inv.tx, inv.b, inv.a, inv.ty);
     let (w, h) = (img.width() as i64, img.height() as i64);
     let raw = img.as_raw();
-    let pixel = |x: i64, y: i64| -> [f32; 3] {
-        if x < 0 || y < 0 || x >= w || y >= h {
-            return [0.0; 3];
-        }
-        let i = ((y * w + x) * 3) as usize;
-        [raw[i] as f32, raw[i + 1] as f32, raw[i + 2] as f32]
+    let fetch = |x: i64, y: i64, c: usize| -> i64 {
+        if x < 0 || y < 0 || x >= w || y >= h { 0 } else { raw[((y * w + x) * 3) as usize + c] as i64 }
     };
+    let fixed = |v: f64| (v * AB_SCALE).round() as i64;
+    let round_delta = (AB_SCALE as i64) / FRAC / 2;
+    let shift = (AB_SCALE as i64).trailing_zeros() as i64 - FRAC_BITS;
     let mut out = RgbImage::new(out_w, out_h);
     for v in 0..out_h {
+        let row_x = fixed(m1 * v as f64 + m2) + round_delta;
+        let row_y = fixed(m4 * v as f64 + m5) + round_delta;
         for u in 0..out_w {
-            let [sx, sy] = inv.apply([u as f64, v as f64]);
-            let (x0, y0) = (sx.floor(), sy.floor());
-            let (fx, fy) = ((sx - x0) as f32, (sy - y0) as f32);
-            let (x0, y0) = (x0 as i64, y0 as i64);
+            let sx = (row_x + fixed(m0 * u as f64)) >> shift;
+            let sy = (row_y + fixed(m3 * u as f64)) >> shift;
+            let (x0, y0) = (sx >> FRAC_BITS, sy >> FRAC_BITS);
             if x0 < -1 || y0 < -1 || x0 >= w || y0 >= h {
-                continue; // entirely outside: stays black
+                continue; // all four neighbours outside: stays black
             }
-            let (p00, p10, p01, p11) = (pixel(x0, y0), pixel(x0 + 1, y0), pixel(x0, y0 + 1), pixel(x0 + 1, y0 + 1));
+            let (fx, fy) = (sx & (FRAC - 1), sy & (FRAC - 1));
+            // Weights in units of 2^-15: (FRAC - f) * FRAC-scaled products, exact for 1/32 positions.
+            let weights = [(FRAC - fx) * (FRAC - fy), fx * (FRAC - fy), (FRAC - fx) * fy, fx * fy].map(|k| k * FRAC);
             let rgb = std::array::from_fn(|c| {
-                let top = p00[c] + (p10[c] - p00[c]) * fx;
-                let bottom = p01[c] + (p11[c] - p01[c]) * fx;
-                (top + (bottom - top) * fy).round().clamp(0.0, 255.0) as u8
+                let sum = weights[0] * fetch(x0, y0, c)
+                    + weights[1] * fetch(x0 + 1, y0, c)
+                    + weights[2] * fetch(x0, y0 + 1, c)
+                    + weights[3] * fetch(x0 + 1, y0 + 1, c);
+                ((sum + (1 << 14)) >> 15).clamp(0, 255) as u8
             });
             out.put_pixel(u, v, Rgb(rgb));
         }

@@ -18,7 +18,10 @@ pub struct OnnxModel {
 
 impl OnnxModel {
     pub fn parse(weights: &VerifiedWeights) -> Result<OnnxModel, ModelError> {
-        let model = tract_onnx::onnx().model_for_read(&mut &weights.bytes[..]).map_err(|e| ModelError::Onnx {
+        // Exported graphs often annotate intermediate values with a symbolic batch that would clash with the
+        // fixed batch of 1 we set; tract infers every shape itself, so those annotations are dropped.
+        let onnx = tract_onnx::onnx().with_ignore_value_info(true).with_ignore_output_shapes(true);
+        let model = onnx.model_for_read(&mut &weights.bytes[..]).map_err(|e| ModelError::Onnx {
             path: weights.path.clone(),
             message: format!("{e:#}"),
         })?;
