@@ -2,7 +2,8 @@
 //! (as OpenCV's imread does), alpha dropped, greyscale and 16-bit converted, oversized images refused
 //! before their pixels are allocated. Also finds image files under directories.
 
-use image::{ImageDecoder, ImageReader, RgbImage};
+use image::{ImageDecoder, ImageFormat, ImageReader, RgbImage};
+use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
 /// Largest accepted width or height. A 50 MP phone photo is about 8200 px wide.
@@ -20,25 +21,63 @@ pub struct ImageLoadError {
     pub cause: String,
 }
 
+/// Largest accepted file: far above any real photo, small enough to read whole on a 1 GB board.
+pub const MAX_FILE_BYTES: u64 = 256 << 20;
+
 pub fn load_rgb(path: &Path) -> Result<RgbImage, ImageLoadError> {
     let err = |cause: String| ImageLoadError { path: path.to_path_buf(), cause };
-    let reader = ImageReader::open(path).map_err(|e| err(format!("cannot open: {e}")))?;
-    let mut reader = reader.with_guessed_format().map_err(|e| err(format!("cannot read: {e}")))?;
-    if reader.format().is_none() {
-        return Err(err("not a JPEG or PNG image".to_string()));
+    let meta = std::fs::metadata(path).map_err(|e| err(format!("cannot open: {e}")))?;
+    if meta.is_dir() {
+        return Err(err("is a directory".to_string()));
     }
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(err(format!("file too large ({} MiB; limit {} MiB)", meta.len() >> 20, MAX_FILE_BYTES >> 20)));
+    }
+    let bytes = std::fs::read(path).map_err(|e| err(format!("cannot read: {e}")))?;
+    decode_rgb(&bytes).map_err(err)
+}
+
+/// Decodes JPEG or PNG bytes (sniffed from content, never from a file name) into 8-bit RGB.
+pub fn decode_rgb(bytes: &[u8]) -> Result<RgbImage, String> {
+    let format = sniff(bytes)?;
+    if format == ImageFormat::Jpeg && !jpeg_is_complete(bytes) {
+        // Decoders pad a cut-off JPEG with grey and report success; a half image is not a photo.
+        return Err("corrupt or truncated image: JPEG data ends before its end-of-image marker".to_string());
+    }
+    let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
     let mut limits = image::Limits::default();
     limits.max_image_width = Some(MAX_SIDE);
     limits.max_image_height = Some(MAX_SIDE);
     limits.max_alloc = Some(MAX_ALLOC);
     reader.limits(limits);
-    let mut decoder = reader.into_decoder().map_err(|e| err(describe(e)))?;
+    let mut decoder = reader.into_decoder().map_err(describe)?;
     let orientation = decoder.orientation().ok();
-    let mut img = image::DynamicImage::from_decoder(decoder).map_err(|e| err(describe(e)))?;
+    let mut img = image::DynamicImage::from_decoder(decoder).map_err(describe)?;
     if let Some(o) = orientation {
         img.apply_orientation(o);
     }
     Ok(img.into_rgb8())
+}
+
+fn sniff(bytes: &[u8]) -> Result<ImageFormat, String> {
+    if bytes.is_empty() {
+        return Err("not a JPEG or PNG image (empty file)".to_string());
+    }
+    if bytes.starts_with(&[0xff, 0xd8, 0xff]) {
+        Ok(ImageFormat::Jpeg)
+    } else if bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
+        Ok(ImageFormat::Png)
+    } else {
+        Err("not a JPEG or PNG image (unrecognised content)".to_string())
+    }
+}
+
+/// True when an end-of-image marker (FF D9) follows the last start-of-scan (FF DA). Byte stuffing keeps
+/// both sequences out of entropy-coded data, and an EXIF thumbnail's markers come before the main scan.
+fn jpeg_is_complete(bytes: &[u8]) -> bool {
+    let last_sos = bytes.windows(2).rposition(|w| w == [0xff, 0xda]);
+    let last_eoi = bytes.windows(2).rposition(|w| w == [0xff, 0xd9]);
+    matches!((last_sos, last_eoi), (Some(s), Some(e)) if e > s)
 }
 
 fn describe(e: image::ImageError) -> String {
@@ -48,6 +87,9 @@ fn describe(e: image::ImageError) -> String {
         }
         image::ImageError::Unsupported(u) => format!("unsupported image: {u}"),
         image::ImageError::Decoding(d) => format!("corrupt or truncated image: {d}"),
+        image::ImageError::IoError(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            "corrupt or truncated image: data ends early".to_string()
+        }
         other => other.to_string(),
     }
 }
@@ -77,4 +119,25 @@ pub fn has_image_extension(p: &Path) -> bool {
     p.extension()
         .and_then(|e| e.to_str())
         .is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|x| e.eq_ignore_ascii_case(x)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncated_jpeg_is_detected_by_its_missing_end_marker() {
+        let mut jpeg = Vec::new();
+        let img = image::DynamicImage::new_rgb8(32, 16);
+        img.write_to(&mut Cursor::new(&mut jpeg), ImageFormat::Jpeg).unwrap();
+        assert!(decode_rgb(&jpeg).is_ok());
+        let err = decode_rgb(&jpeg[..jpeg.len() - 10]).unwrap_err();
+        assert!(err.contains("truncated"), "{err}");
+    }
+
+    #[test]
+    fn content_not_name_decides_the_format() {
+        assert!(sniff(b"GIF89a....").unwrap_err().contains("not a JPEG or PNG"));
+        assert!(sniff(b"").unwrap_err().contains("empty"));
+    }
 }
