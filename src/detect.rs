@@ -29,7 +29,10 @@ impl Detection {
         self.width().max(0.0) * self.height().max(0.0)
     }
     pub fn centre(&self) -> [f32; 2] {
-        [(self.bbox[0] + self.bbox[2]) / 2.0, (self.bbox[1] + self.bbox[3]) / 2.0]
+        [
+            (self.bbox[0] + self.bbox[2]) / 2.0,
+            (self.bbox[1] + self.bbox[3]) / 2.0,
+        ]
     }
     pub fn iou(&self, other: &Detection) -> f32 {
         let ix = (self.bbox[2].min(other.bbox[2]) - self.bbox[0].max(other.bbox[0])).max(0.0);
@@ -73,7 +76,10 @@ pub struct DetectSettings {
 
 impl Default for DetectSettings {
     fn default() -> Self {
-        DetectSettings { score_threshold: None, max_side: DEFAULT_MAX_SIDE }
+        DetectSettings {
+            score_threshold: None,
+            max_side: DEFAULT_MAX_SIDE,
+        }
     }
 }
 
@@ -94,7 +100,11 @@ pub enum DetectError {
     #[error(transparent)]
     Model(#[from] ModelError),
     #[error("detector output {name} has {actual} values, expected {expected}")]
-    OutputShape { name: String, actual: usize, expected: usize },
+    OutputShape {
+        name: String,
+        actual: usize,
+        expected: usize,
+    },
 }
 
 /// Outputs of one stride: indices of cls, obj, bbox and kps among the model outputs.
@@ -120,21 +130,31 @@ pub struct Detector {
 }
 
 impl Detector {
-    pub fn new(manifest: &Manifest, weights: &VerifiedWeights, settings: &DetectSettings) -> Result<Detector, ModelError> {
-        let spec = manifest.detector.clone().ok_or_else(|| ModelError::WrongRole {
-            id: manifest.id.clone(),
-            actual: "embedder",
-            wanted: "detector",
-        })?;
+    pub fn new(
+        manifest: &Manifest,
+        weights: &VerifiedWeights,
+        settings: &DetectSettings,
+    ) -> Result<Detector, ModelError> {
+        let spec = manifest
+            .detector
+            .clone()
+            .ok_or_else(|| ModelError::WrongRole {
+                id: manifest.id.clone(),
+                actual: "embedder",
+                wanted: "detector",
+            })?;
         let model = OnnxModel::parse(weights)?;
         let names = model.output_names();
         let find = |prefix: &str, stride: u32| {
             let name = format!("{prefix}_{stride}");
-            names.iter().position(|n| *n == name).ok_or_else(|| ModelError::Contract {
-                path: weights.path.clone(),
-                id: manifest.id.clone(),
-                message: format!("no output named {name} (outputs: {})", names.join(", ")),
-            })
+            names
+                .iter()
+                .position(|n| *n == name)
+                .ok_or_else(|| ModelError::Contract {
+                    path: weights.path.clone(),
+                    id: manifest.id.clone(),
+                    message: format!("no output named {name} (outputs: {})", names.join(", ")),
+                })
         };
         let strides = spec
             .strides
@@ -150,7 +170,14 @@ impl Detector {
             })
             .collect::<Result<Vec<_>, ModelError>>()?;
         let options = DetectOptions::resolve(&spec, settings);
-        Ok(Detector { id: manifest.id.clone(), model, spec, options, strides, plans: Vec::new() })
+        Ok(Detector {
+            id: manifest.id.clone(),
+            model,
+            spec,
+            options,
+            strides,
+            plans: Vec::new(),
+        })
     }
 
     pub fn id(&self) -> &str {
@@ -179,7 +206,9 @@ impl Detector {
         let ph = (ih as usize).div_ceil(multiple) * multiple;
         let tensor = to_padded_tensor(input, pw, ph, self.spec.color);
         let plan = self.plan(pw, ph)?;
-        let outputs = plan.run(tvec!(tensor.into_tvalue())).map_err(DetectError::Inference)?;
+        let outputs = plan
+            .run(tvec!(tensor.into_tvalue()))
+            .map_err(DetectError::Inference)?;
 
         let mut faces = Vec::new();
         for s in &self.strides {
@@ -200,7 +229,12 @@ impl Detector {
         // Map back from the detection resolution to frame pixels.
         let (sx, sy) = (w as f32 / iw as f32, h as f32 / ih as f32);
         for f in &mut faces {
-            f.bbox = [f.bbox[0] * sx, f.bbox[1] * sy, f.bbox[2] * sx, f.bbox[3] * sy];
+            f.bbox = [
+                f.bbox[0] * sx,
+                f.bbox[1] * sy,
+                f.bbox[2] * sx,
+                f.bbox[3] * sy,
+            ];
             for p in &mut f.landmarks {
                 *p = [p[0] * sx, p[1] * sy];
             }
@@ -225,11 +259,18 @@ impl Detector {
 /// Factor (<= 1) applied to a frame before detection so its longer side fits `max_side`.
 pub fn detection_scale(w: u32, h: u32, max_side: u32) -> f32 {
     let longer = w.max(h);
-    if max_side == 0 || longer <= max_side { 1.0 } else { max_side as f32 / longer as f32 }
+    if max_side == 0 || longer <= max_side {
+        1.0
+    } else {
+        max_side as f32 / longer as f32
+    }
 }
 
 fn scaled_size(w: u32, h: u32, scale: f32) -> (u32, u32) {
-    (((w as f32 * scale).round() as u32).max(1), ((h as f32 * scale).round() as u32).max(1))
+    (
+        ((w as f32 * scale).round() as u32).max(1),
+        ((h as f32 * scale).round() as u32).max(1),
+    )
 }
 
 /// NCHW float tensor of 0..255 values in the network's colour order, zero-padded bottom/right.
@@ -268,7 +309,12 @@ struct RawStride<'a> {
 impl RawStride<'_> {
     fn check(&self) -> Result<(), DetectError> {
         let n = self.rows * self.cols;
-        for (name, data, per) in [("cls", self.cls, 1), ("obj", self.obj, 1), ("bbox", self.bbox, 4), ("kps", self.kps, 10)] {
+        for (name, data, per) in [
+            ("cls", self.cls, 1),
+            ("obj", self.obj, 1),
+            ("bbox", self.bbox, 4),
+            ("kps", self.kps, 10),
+        ] {
             if data.len() != n * per {
                 return Err(DetectError::OutputShape {
                     name: format!("{name}_{}", self.stride),
@@ -293,7 +339,8 @@ impl RawStride<'_> {
             let (cx, cy) = ((col + b[0]) * s, (row + b[1]) * s);
             let (bw, bh) = (b[2].exp() * s, b[3].exp() * s);
             let k = &self.kps[i * 10..i * 10 + 10];
-            let landmarks = std::array::from_fn(|j| [(k[2 * j] + col) * s, (k[2 * j + 1] + row) * s]);
+            let landmarks =
+                std::array::from_fn(|j| [(k[2 * j] + col) * s, (k[2 * j + 1] + row) * s]);
             out.push(Detection {
                 bbox: [cx - bw / 2.0, cy - bh / 2.0, cx + bw / 2.0, cy + bh / 2.0],
                 score,
@@ -320,7 +367,11 @@ mod tests {
     use super::*;
 
     fn det(bbox: [f32; 4], score: f32) -> Detection {
-        Detection { bbox, score, landmarks: [[0.0; 2]; 5] }
+        Detection {
+            bbox,
+            score,
+            landmarks: [[0.0; 2]; 5],
+        }
     }
 
     #[test]
@@ -336,7 +387,15 @@ mod tests {
         let mut kps = vec![0.0; n * 10];
         kps[60] = 0.5;
         kps[61] = -0.5;
-        let raw = RawStride { stride: 16, cols: 4, rows: 2, cls: &cls, obj: &obj, bbox: &bbox, kps: &kps };
+        let raw = RawStride {
+            stride: 16,
+            cols: 4,
+            rows: 2,
+            cls: &cls,
+            obj: &obj,
+            bbox: &bbox,
+            kps: &kps,
+        };
         raw.check().unwrap();
         let mut out = vec![];
         raw.decode(0.5, &mut out);
@@ -352,7 +411,15 @@ mod tests {
     #[test]
     fn wrong_output_sizes_are_reported_by_name() {
         let v = vec![0.0; 3];
-        let raw = RawStride { stride: 8, cols: 2, rows: 2, cls: &v, obj: &v, bbox: &v, kps: &v };
+        let raw = RawStride {
+            stride: 8,
+            cols: 2,
+            rows: 2,
+            cls: &v,
+            obj: &v,
+            bbox: &v,
+            kps: &v,
+        };
         let err = raw.check().unwrap_err().to_string();
         assert!(err.contains("cls_8"), "{err}");
     }
@@ -373,7 +440,11 @@ mod tests {
 
     #[test]
     fn main_face_prefers_large_central_faces() {
-        let faces = vec![det([0.0, 0.0, 40.0, 40.0], 0.9), det([80.0, 80.0, 120.0, 120.0], 0.8), det([90.0, 90.0, 110.0, 110.0], 0.95)];
+        let faces = vec![
+            det([0.0, 0.0, 40.0, 40.0], 0.9),
+            det([80.0, 80.0, 120.0, 120.0], 0.8),
+            det([90.0, 90.0, 110.0, 110.0], 0.95),
+        ];
         assert_eq!(main_face(&faces, 200, 200), Some(1));
         assert_eq!(main_face(&[], 200, 200), None);
     }

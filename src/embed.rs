@@ -13,7 +13,12 @@ pub enum EmbedError {
     #[error("embedder inference failed: {0:#}")]
     Inference(TractError),
     #[error("crop is {actual_w}x{actual_h}, the embedder takes {w}x{h}")]
-    CropSize { actual_w: u32, actual_h: u32, w: u32, h: u32 },
+    CropSize {
+        actual_w: u32,
+        actual_h: u32,
+        w: u32,
+        h: u32,
+    },
     #[error("landmarks are degenerate (all in one point); cannot align")]
     Degenerate,
     #[error("embedder output is all zeros or not finite")]
@@ -32,11 +37,14 @@ impl Embedder {
     /// Loads the weights into a plan specialised to the manifest's input size; refuses a model whose
     /// declared input or actual output disagrees with the manifest.
     pub fn new(manifest: &Manifest, weights: &VerifiedWeights) -> Result<Embedder, ModelError> {
-        let spec = manifest.embedder.clone().ok_or_else(|| ModelError::WrongRole {
-            id: manifest.id.clone(),
-            actual: "detector",
-            wanted: "embedder",
-        })?;
+        let spec = manifest
+            .embedder
+            .clone()
+            .ok_or_else(|| ModelError::WrongRole {
+                id: manifest.id.clone(),
+                actual: "detector",
+                wanted: "embedder",
+            })?;
         let model = OnnxModel::parse(weights)?;
         let [w, h] = spec.input_size;
         let shape = [1, 3, h as usize, w as usize];
@@ -47,18 +55,31 @@ impl Embedder {
             message,
         };
         let plan = model.plan_for_shape(&shape).map_err(|e| match e {
-            ModelError::Onnx { message, .. } => contract(format!("it does not accept a 1x3x{h}x{w} input: {message}")),
+            ModelError::Onnx { message, .. } => {
+                contract(format!("it does not accept a 1x3x{h}x{w} input: {message}"))
+            }
             other => other,
         })?;
-        let out_fact = plan.model().output_fact(0).map_err(|e| contract(format!("{e:#}")))?;
-        let out_len = out_fact.shape.as_concrete().map(|s| s.iter().product::<usize>());
+        let out_fact = plan
+            .model()
+            .output_fact(0)
+            .map_err(|e| contract(format!("{e:#}")))?;
+        let out_len = out_fact
+            .shape
+            .as_concrete()
+            .map(|s| s.iter().product::<usize>());
         if out_len != Some(spec.output.dim) {
             return Err(contract(format!(
                 "output shape is {:?} but the manifest says {} values",
                 out_fact.shape, spec.output.dim
             )));
         }
-        Ok(Embedder { id: manifest.id.clone(), spec, weights_sha256: weights.sha256.clone(), plan })
+        Ok(Embedder {
+            id: manifest.id.clone(),
+            spec,
+            weights_sha256: weights.sha256.clone(),
+            plan,
+        })
     }
 
     pub fn id(&self) -> &str {
@@ -78,31 +99,51 @@ impl Embedder {
     }
 
     /// Warps the face in `frame` onto this model's template.
-    pub fn align(&self, frame: &RgbImage, landmarks: &[[f32; 2]; 5]) -> Result<RgbImage, EmbedError> {
+    pub fn align(
+        &self,
+        frame: &RgbImage,
+        landmarks: &[[f32; 2]; 5],
+    ) -> Result<RgbImage, EmbedError> {
         let (w, h) = self.crop_size();
-        align::align_face(frame, landmarks, &self.spec.alignment.template, w, h).ok_or(EmbedError::Degenerate)
+        align::align_face(frame, landmarks, &self.spec.alignment.template, w, h)
+            .ok_or(EmbedError::Degenerate)
     }
 
     /// Embeds an aligned crop of exactly the model's input size; the result has unit L2 norm.
     pub fn embed_crop(&self, crop: &RgbImage) -> Result<Vec<f32>, EmbedError> {
         let (w, h) = self.crop_size();
         if crop.dimensions() != (w, h) {
-            return Err(EmbedError::CropSize { actual_w: crop.width(), actual_h: crop.height(), w, h });
+            return Err(EmbedError::CropSize {
+                actual_w: crop.width(),
+                actual_h: crop.height(),
+                w,
+                h,
+            });
         }
         let input = crop_to_tensor(crop, &self.spec);
-        let out = self.plan.run(tvec!(input.into_tvalue())).map_err(EmbedError::Inference)?;
+        let out = self
+            .plan
+            .run(tvec!(input.into_tvalue()))
+            .map_err(EmbedError::Inference)?;
         let raw = f32_values(&out[0]).map_err(EmbedError::Inference)?;
         l2_normalized(raw).ok_or(EmbedError::BadOutput)
     }
 
     /// Aligns and embeds one face of a frame.
-    pub fn embed_face(&self, frame: &RgbImage, landmarks: &[[f32; 2]; 5]) -> Result<Vec<f32>, EmbedError> {
+    pub fn embed_face(
+        &self,
+        frame: &RgbImage,
+        landmarks: &[[f32; 2]; 5],
+    ) -> Result<Vec<f32>, EmbedError> {
         self.embed_crop(&self.align(frame, landmarks)?)
     }
 
     /// The model's display value for a cosine (e.g. FACE01's percentage), if its manifest defines one.
     pub fn display(&self, cosine: f32) -> Option<(f32, &str, &str)> {
-        self.spec.display.as_ref().map(|d| (d.apply(cosine), d.label.as_str(), d.unit.as_str()))
+        self.spec
+            .display
+            .as_ref()
+            .map(|d| (d.apply(cosine), d.label.as_str(), d.unit.as_str()))
     }
 }
 
@@ -140,7 +181,11 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
     let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
     let na = a.iter().map(|x| x * x).sum::<f32>().sqrt();
     let nb = b.iter().map(|x| x * x).sum::<f32>().sqrt();
-    if na == 0.0 || nb == 0.0 { 0.0 } else { dot / (na * nb) }
+    if na == 0.0 || nb == 0.0 {
+        0.0
+    } else {
+        dot / (na * nb)
+    }
 }
 
 #[cfg(test)]
@@ -164,7 +209,9 @@ mod tests {
     fn arcface_preprocessing_is_x_minus_127_over_128() {
         let m = Manifest::parse(include_str!("../models/mobilefacenet.toml"), "t").unwrap();
         let crop = RgbImage::from_pixel(1, 1, image::Rgb([255, 127, 0]));
-        let d = f32_values(&crop_to_tensor(&crop, &m.embedder.unwrap())).unwrap().to_vec();
+        let d = f32_values(&crop_to_tensor(&crop, &m.embedder.unwrap()))
+            .unwrap()
+            .to_vec();
         assert_eq!(d, vec![1.0, 0.0, -127.0 / 128.0]);
     }
 

@@ -25,13 +25,20 @@ pub struct ImageLoadError {
 pub const MAX_FILE_BYTES: u64 = 256 << 20;
 
 pub fn load_rgb(path: &Path) -> Result<RgbImage, ImageLoadError> {
-    let err = |cause: String| ImageLoadError { path: path.to_path_buf(), cause };
+    let err = |cause: String| ImageLoadError {
+        path: path.to_path_buf(),
+        cause,
+    };
     let meta = std::fs::metadata(path).map_err(|e| err(format!("cannot open: {e}")))?;
     if meta.is_dir() {
         return Err(err("is a directory".to_string()));
     }
     if meta.len() > MAX_FILE_BYTES {
-        return Err(err(format!("file too large ({} MiB; limit {} MiB)", meta.len() >> 20, MAX_FILE_BYTES >> 20)));
+        return Err(err(format!(
+            "file too large ({} MiB; limit {} MiB)",
+            meta.len() >> 20,
+            MAX_FILE_BYTES >> 20
+        )));
     }
     let bytes = std::fs::read(path).map_err(|e| err(format!("cannot read: {e}")))?;
     decode_rgb(&bytes).map_err(err)
@@ -42,7 +49,9 @@ pub fn decode_rgb(bytes: &[u8]) -> Result<RgbImage, String> {
     let format = sniff(bytes)?;
     if format == ImageFormat::Jpeg && !jpeg_is_complete(bytes) {
         // Decoders pad a cut-off JPEG with grey and report success; a half image is not a photo.
-        return Err("corrupt or truncated image: JPEG data ends before its end-of-image marker".to_string());
+        return Err(
+            "corrupt or truncated image: JPEG data ends before its end-of-image marker".to_string(),
+        );
     }
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
     let mut limits = image::Limits::default();
@@ -83,7 +92,10 @@ fn jpeg_is_complete(bytes: &[u8]) -> bool {
 fn describe(e: image::ImageError) -> String {
     match e {
         image::ImageError::Limits(l) => {
-            format!("image too large ({l}; limit {MAX_SIDE}x{MAX_SIDE} pixels, {} MiB)", MAX_ALLOC >> 20)
+            format!(
+                "image too large ({l}; limit {MAX_SIDE}x{MAX_SIDE} pixels, {} MiB)",
+                MAX_ALLOC >> 20
+            )
         }
         image::ImageError::Unsupported(u) => format!("unsupported image: {u}"),
         image::ImageError::Decoding(d) => format!("corrupt or truncated image: {d}"),
@@ -129,7 +141,8 @@ mod tests {
     fn truncated_jpeg_is_detected_by_its_missing_end_marker() {
         let mut jpeg = Vec::new();
         let img = image::DynamicImage::new_rgb8(32, 16);
-        img.write_to(&mut Cursor::new(&mut jpeg), ImageFormat::Jpeg).unwrap();
+        img.write_to(&mut Cursor::new(&mut jpeg), ImageFormat::Jpeg)
+            .unwrap();
         assert!(decode_rgb(&jpeg).is_ok());
         let err = decode_rgb(&jpeg[..jpeg.len() - 10]).unwrap_err();
         assert!(err.contains("truncated"), "{err}");
@@ -137,7 +150,11 @@ mod tests {
 
     #[test]
     fn content_not_name_decides_the_format() {
-        assert!(sniff(b"GIF89a....").unwrap_err().contains("not a JPEG or PNG"));
+        assert!(
+            sniff(b"GIF89a....")
+                .unwrap_err()
+                .contains("not a JPEG or PNG")
+        );
         assert!(sniff(b"").unwrap_err().contains("empty"));
     }
 }

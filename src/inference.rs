@@ -20,34 +20,57 @@ impl OnnxModel {
     pub fn parse(weights: &VerifiedWeights) -> Result<OnnxModel, ModelError> {
         // Exported graphs often annotate intermediate values with a symbolic batch that would clash with the
         // fixed batch of 1 we set; tract infers every shape itself, so those annotations are dropped.
-        let onnx = tract_onnx::onnx().with_ignore_value_info(true).with_ignore_output_shapes(true);
-        let model = onnx.model_for_read(&mut &weights.bytes[..]).map_err(|e| ModelError::Onnx {
+        let onnx = tract_onnx::onnx()
+            .with_ignore_value_info(true)
+            .with_ignore_output_shapes(true);
+        let model = onnx
+            .model_for_read(&mut &weights.bytes[..])
+            .map_err(|e| ModelError::Onnx {
+                path: weights.path.clone(),
+                message: format!("{e:#}"),
+            })?;
+        Ok(OnnxModel {
             path: weights.path.clone(),
-            message: format!("{e:#}"),
-        })?;
-        Ok(OnnxModel { path: weights.path.clone(), model })
+            model,
+        })
     }
 
     /// Dimensions of input 0 as the file declares them: `None` for symbolic or unknown ones.
     pub fn declared_input_dims(&self) -> Vec<Option<i64>> {
         match self.model.input_fact(0) {
-            Ok(fact) => fact.shape.dims().map(|d| d.concretize().and_then(|d| d.to_i64().ok())).collect(),
+            Ok(fact) => fact
+                .shape
+                .dims()
+                .map(|d| d.concretize().and_then(|d| d.to_i64().ok()))
+                .collect(),
             Err(_) => vec![],
         }
     }
 
     /// Names of the model outputs, in output order.
     pub fn output_names(&self) -> Vec<String> {
-        let outlets = self.model.output_outlets().map(|o| o.to_vec()).unwrap_or_default();
+        let outlets = self
+            .model
+            .output_outlets()
+            .map(|o| o.to_vec())
+            .unwrap_or_default();
         outlets
             .iter()
-            .map(|&o| self.model.outlet_label(o).unwrap_or(&self.model.node(o.node).name).to_string())
+            .map(|&o| {
+                self.model
+                    .outlet_label(o)
+                    .unwrap_or(&self.model.node(o.node).name)
+                    .to_string()
+            })
             .collect()
     }
 
     /// Fixes input 0 to `shape` (f32) and optimises the graph into a runnable plan.
     pub fn plan_for_shape(&self, shape: &[usize]) -> Result<Plan, ModelError> {
-        let onnx_err = |e: TractError| ModelError::Onnx { path: self.path.clone(), message: format!("{e:#}") };
+        let onnx_err = |e: TractError| ModelError::Onnx {
+            path: self.path.clone(),
+            message: format!("{e:#}"),
+        };
         self.model
             .clone()
             .with_input_fact(0, f32::fact(shape).into())
@@ -58,18 +81,28 @@ impl OnnxModel {
 }
 
 /// Checks that every concrete declared input dim equals the expected one; symbolic dims pass.
-pub fn check_declared_input(model: &OnnxModel, id: &str, expected: &[usize]) -> Result<(), ModelError> {
+pub fn check_declared_input(
+    model: &OnnxModel,
+    id: &str,
+    expected: &[usize],
+) -> Result<(), ModelError> {
     let declared = model.declared_input_dims();
     let fmt = |dims: Vec<String>| dims.join("x");
     let mismatch = declared.len() != expected.len()
-        || declared.iter().zip(expected).any(|(d, &e)| d.is_some_and(|d| d != e as i64));
+        || declared
+            .iter()
+            .zip(expected)
+            .any(|(d, &e)| d.is_some_and(|d| d != e as i64));
     if !declared.is_empty() && mismatch {
         return Err(ModelError::Contract {
             path: model.path.clone(),
             id: id.to_string(),
             message: format!(
                 "input shape is {} but the manifest says {}",
-                fmt(declared.iter().map(|d| d.map_or("?".to_string(), |d| d.to_string())).collect()),
+                fmt(declared
+                    .iter()
+                    .map(|d| d.map_or("?".to_string(), |d| d.to_string()))
+                    .collect()),
                 fmt(expected.iter().map(|d| d.to_string()).collect())
             ),
         });

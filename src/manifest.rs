@@ -7,9 +7,16 @@ use std::path::Path;
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
     #[error("{source_name}: {message}")]
-    Parse { source_name: String, message: String },
+    Parse {
+        source_name: String,
+        message: String,
+    },
     #[error("{source_name}: {field}: {message}")]
-    Invalid { source_name: String, field: &'static str, message: String },
+    Invalid {
+        source_name: String,
+        field: &'static str,
+        message: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -172,8 +179,16 @@ pub struct DisplayCalibration {
 impl DisplayCalibration {
     /// The display value for a cosine, clamped to 0..100 when the unit is a percentage.
     pub fn apply(&self, cosine: f32) -> f32 {
-        let value = self.polynomial.iter().rev().fold(0.0f32, |acc, c| acc * cosine + c);
-        if self.unit == "%" { value.clamp(0.0, 100.0) } else { value }
+        let value = self
+            .polynomial
+            .iter()
+            .rev()
+            .fold(0.0f32, |acc, c| acc * cosine + c);
+        if self.unit == "%" {
+            value.clamp(0.0, 100.0)
+        } else {
+            value
+        }
     }
 }
 
@@ -190,8 +205,10 @@ impl Manifest {
 
     pub fn from_file(path: &Path) -> Result<Manifest, ManifestError> {
         let name = path.display().to_string();
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ManifestError::Parse { source_name: name.clone(), message: e.to_string() })?;
+        let text = std::fs::read_to_string(path).map_err(|e| ManifestError::Parse {
+            source_name: name.clone(),
+            message: e.to_string(),
+        })?;
         Manifest::parse(&text, &name)
     }
 
@@ -206,36 +223,56 @@ impl Manifest {
             message,
         };
         let is_slug = |s: &str| {
-            !s.is_empty() && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+            !s.is_empty()
+                && s.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
         };
         if !is_slug(&self.id) {
-            return Err(invalid("id", format!("{:?} must be lowercase letters, digits, '-' or '_'", self.id)));
+            return Err(invalid(
+                "id",
+                format!(
+                    "{:?} must be lowercase letters, digits, '-' or '_'",
+                    self.id
+                ),
+            ));
         }
         if self.weights.is_empty() || self.weights.contains('/') || self.weights.contains('\\') {
-            return Err(invalid("weights", format!("{:?} must be a plain file name", self.weights)));
+            return Err(invalid(
+                "weights",
+                format!("{:?} must be a plain file name", self.weights),
+            ));
         }
-        let is_hex = |s: &str, len: usize| s.len() == len && s.chars().all(|c| c.is_ascii_hexdigit());
+        let is_hex =
+            |s: &str, len: usize| s.len() == len && s.chars().all(|c| c.is_ascii_hexdigit());
         match (&self.sha256, &self.git_blob_sha1) {
             (None, None) => {
-                return Err(invalid("sha256", "a manifest needs sha256 or git_blob_sha1".to_string()));
+                return Err(invalid(
+                    "sha256",
+                    "a manifest needs sha256 or git_blob_sha1".to_string(),
+                ));
             }
             (Some(s), _) if !is_hex(s, 64) => {
                 return Err(invalid("sha256", format!("{s:?} is not 64 hex digits")));
             }
             (_, Some(s)) if !is_hex(s, 40) => {
-                return Err(invalid("git_blob_sha1", format!("{s:?} is not 40 hex digits")));
+                return Err(invalid(
+                    "git_blob_sha1",
+                    format!("{s:?} is not 40 hex digits"),
+                ));
             }
             _ => {}
         }
         match (self.role, &self.detector, &self.embedder) {
             (Role::Detector, Some(d), None) => validate_detector(d).map_err(|(f, m)| invalid(f, m)),
             (Role::Embedder, None, Some(e)) => validate_embedder(e).map_err(|(f, m)| invalid(f, m)),
-            (Role::Detector, _, _) => {
-                Err(invalid("role", "a detector needs a [detector] section and no [embedder]".to_string()))
-            }
-            (Role::Embedder, _, _) => {
-                Err(invalid("role", "an embedder needs an [embedder] section and no [detector]".to_string()))
-            }
+            (Role::Detector, _, _) => Err(invalid(
+                "role",
+                "a detector needs a [detector] section and no [embedder]".to_string(),
+            )),
+            (Role::Embedder, _, _) => Err(invalid(
+                "role",
+                "an embedder needs an [embedder] section and no [detector]".to_string(),
+            )),
         }
     }
 }
@@ -244,13 +281,29 @@ type FieldError = (&'static str, String);
 
 fn validate_detector(d: &DetectorSpec) -> Result<(), FieldError> {
     if d.input_multiple == 0 || d.strides.is_empty() {
-        return Err(("detector.strides", "input_multiple and strides must be non-zero".into()));
+        return Err((
+            "detector.strides",
+            "input_multiple and strides must be non-zero".into(),
+        ));
     }
-    if let Some(s) = d.strides.iter().find(|&&s| s == 0 || d.input_multiple % s != 0) {
-        return Err(("detector.strides", format!("stride {s} does not divide input_multiple {}", d.input_multiple)));
+    if let Some(s) = d
+        .strides
+        .iter()
+        .find(|&&s| s == 0 || !d.input_multiple.is_multiple_of(s))
+    {
+        return Err((
+            "detector.strides",
+            format!(
+                "stride {s} does not divide input_multiple {}",
+                d.input_multiple
+            ),
+        ));
     }
     if !(0.0..=1.0).contains(&d.score_threshold) {
-        return Err(("detector.score_threshold", format!("{} is outside 0..1", d.score_threshold)));
+        return Err((
+            "detector.score_threshold",
+            format!("{} is outside 0..1", d.score_threshold),
+        ));
     }
     if !(0.0..=1.0).contains(&d.nms_iou) {
         return Err(("detector.nms_iou", format!("{} is outside 0..1", d.nms_iou)));
@@ -261,7 +314,10 @@ fn validate_detector(d: &DetectorSpec) -> Result<(), FieldError> {
 fn validate_embedder(e: &EmbedderSpec) -> Result<(), FieldError> {
     let [w, h] = e.input_size;
     if w == 0 || h == 0 || w > 4096 || h > 4096 {
-        return Err(("embedder.input_size", format!("{w}x{h} is not a plausible input size")));
+        return Err((
+            "embedder.input_size",
+            format!("{w}x{h} is not a plausible input size"),
+        ));
     }
     let n = &e.normalization;
     let divisors = match (n.mean, n.std, n.offset, n.scale) {
@@ -275,21 +331,38 @@ fn validate_embedder(e: &EmbedderSpec) -> Result<(), FieldError> {
         }
     };
     if divisors.iter().any(|v| !v.is_finite() || *v == 0.0) {
-        return Err(("embedder.normalization", "std/scale values must be finite and non-zero".into()));
+        return Err((
+            "embedder.normalization",
+            "std/scale values must be finite and non-zero".into(),
+        ));
     }
-    if e.alignment.template.iter().flatten().any(|v| !v.is_finite()) {
-        return Err(("embedder.alignment.template", "points must be finite".into()));
+    if e.alignment
+        .template
+        .iter()
+        .flatten()
+        .any(|v| !v.is_finite())
+    {
+        return Err((
+            "embedder.alignment.template",
+            "points must be finite".into(),
+        ));
     }
     if e.output.dim == 0 {
         return Err(("embedder.output.dim", "must be at least 1".into()));
     }
     if !(-1.0..=1.0).contains(&e.output.threshold) {
-        return Err(("embedder.output.threshold", format!("{} is outside -1..1", e.output.threshold)));
+        return Err((
+            "embedder.output.threshold",
+            format!("{} is outside -1..1", e.output.threshold),
+        ));
     }
     if let Some(d) = &e.display
         && d.polynomial.is_empty()
     {
-        return Err(("embedder.display.polynomial", "needs at least one coefficient".into()));
+        return Err((
+            "embedder.display.polynomial",
+            "needs at least one coefficient".into(),
+        ));
     }
     Ok(())
 }
@@ -319,7 +392,10 @@ mod tests {
     fn unknown_keys_are_rejected_with_their_name() {
         let text = BUILTIN.replace("threshold = 0.4", "threshold = 0.4\nthreshhold = 0.5");
         let err = Manifest::parse(&text, "x.toml").unwrap_err().to_string();
-        assert!(err.contains("threshhold") && err.contains("x.toml"), "{err}");
+        assert!(
+            err.contains("threshhold") && err.contains("x.toml"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -332,13 +408,25 @@ mod tests {
     #[test]
     fn offset_scale_form_matches_mean_std_form() {
         let text = include_str!("../models/mobilefacenet.toml")
-            .replace("mean = [127.0, 127.0, 127.0]", "offset = [127.0, 127.0, 127.0]")
-            .replace("std = [128.0, 128.0, 128.0]", "scale = [0.0078125, 0.0078125, 0.0078125]");
+            .replace(
+                "mean = [127.0, 127.0, 127.0]",
+                "offset = [127.0, 127.0, 127.0]",
+            )
+            .replace(
+                "std = [128.0, 128.0, 128.0]",
+                "scale = [0.0078125, 0.0078125, 0.0078125]",
+            );
         let a = Manifest::parse(&text, "a").unwrap();
         let b = Manifest::parse(include_str!("../models/mobilefacenet.toml"), "b").unwrap();
         assert_eq!(
-            a.embedder_spec().unwrap().normalization.affine_per_channel(),
-            b.embedder_spec().unwrap().normalization.affine_per_channel()
+            a.embedder_spec()
+                .unwrap()
+                .normalization
+                .affine_per_channel(),
+            b.embedder_spec()
+                .unwrap()
+                .normalization
+                .affine_per_channel()
         );
     }
 

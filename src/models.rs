@@ -20,10 +20,22 @@ pub const DEFAULT_DETECTOR: &str = "yunet-2023mar";
 
 /// Manifests compiled into the binary, so an installed face-edge knows its models without extra files.
 const BUILTIN: &[(&str, &str)] = &[
-    ("yunet-2023mar", include_str!("../models/yunet-2023mar.toml")),
-    ("mobilefacenet", include_str!("../models/mobilefacenet.toml")),
-    ("japanese-face-v1", include_str!("../models/japanese-face-v1.toml")),
-    ("japanese-face-v1-standin", include_str!("../models/japanese-face-v1-standin.toml")),
+    (
+        "yunet-2023mar",
+        include_str!("../models/yunet-2023mar.toml"),
+    ),
+    (
+        "mobilefacenet",
+        include_str!("../models/mobilefacenet.toml"),
+    ),
+    (
+        "japanese-face-v1",
+        include_str!("../models/japanese-face-v1.toml"),
+    ),
+    (
+        "japanese-face-v1-standin",
+        include_str!("../models/japanese-face-v1-standin.toml"),
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -33,29 +45,60 @@ pub enum ModelError {
     #[error("unknown model {id:?}; known models: {known}")]
     Unknown { id: String, known: String },
     #[error("model {id:?} is a {actual}, not a {wanted}")]
-    WrongRole { id: String, actual: &'static str, wanted: &'static str },
+    WrongRole {
+        id: String,
+        actual: &'static str,
+        wanted: &'static str,
+    },
     #[error("{}: weights of {id:?} not found ({hint})", path.display())]
-    Missing { id: String, path: PathBuf, hint: String },
+    Missing {
+        id: String,
+        path: PathBuf,
+        hint: String,
+    },
     #[error("{}: {what} mismatch: expected {expected}, file has {actual} (wrong or corrupted file; delete it and fetch again)", path.display())]
-    Checksum { path: PathBuf, what: &'static str, expected: String, actual: String },
+    Checksum {
+        path: PathBuf,
+        what: &'static str,
+        expected: String,
+        actual: String,
+    },
     #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{}: not a usable ONNX model: {message}", path.display())]
     Onnx { path: PathBuf, message: String },
     #[error("{}: the model disagrees with its manifest {id:?}: {message}", path.display())]
-    Contract { path: PathBuf, id: String, message: String },
+    Contract {
+        path: PathBuf,
+        id: String,
+        message: String,
+    },
     #[error("model {id:?} has no download URL in its manifest; copy {weights} into {} yourself", dir.display())]
-    NoUrl { id: String, weights: String, dir: PathBuf },
+    NoUrl {
+        id: String,
+        weights: String,
+        dir: PathBuf,
+    },
     #[error(
         "model {id:?} is not redistributable; read its terms (`face-edge models fetch {id}` shows them) and pass --accept-license to download it"
     )]
     LicenseNotAccepted { id: String },
     #[error("downloading {id:?} from {url} failed: {message}")]
-    Download { id: String, url: String, message: String },
+    Download {
+        id: String,
+        url: String,
+        message: String,
+    },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ModelError + '_ {
-    move |source| ModelError::Io { path: path.to_path_buf(), source }
+    move |source| ModelError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Weights read from disk whose checksum matched the manifest.
@@ -99,13 +142,19 @@ impl Catalog {
                 manifests.insert(m.id.clone(), m);
             }
         }
-        Ok(Catalog { models_dir: models_dir.to_path_buf(), manifests })
+        Ok(Catalog {
+            models_dir: models_dir.to_path_buf(),
+            manifests,
+        })
     }
 
     /// `--models-dir`, then `FACE_EDGE_MODELS_DIR` (both resolved by the CLI), then the config's value,
     /// then the packaged default.
     pub fn resolve_dir(cli_or_env: Option<&Path>, config: Option<&Path>) -> PathBuf {
-        cli_or_env.or(config).map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(DEFAULT_MODELS_DIR))
+        cli_or_env
+            .or(config)
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_MODELS_DIR))
     }
 
     pub fn models_dir(&self) -> &Path {
@@ -119,14 +168,23 @@ impl Catalog {
     pub fn get(&self, id: &str) -> Result<&Manifest, ModelError> {
         self.manifests.get(id).ok_or_else(|| ModelError::Unknown {
             id: id.to_string(),
-            known: self.manifests.keys().cloned().collect::<Vec<_>>().join(", "),
+            known: self
+                .manifests
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", "),
         })
     }
 
     pub fn get_role(&self, id: &str, role: Role) -> Result<&Manifest, ModelError> {
         let m = self.get(id)?;
         if m.role != role {
-            return Err(ModelError::WrongRole { id: id.to_string(), actual: role_name(m.role), wanted: role_name(role) });
+            return Err(ModelError::WrongRole {
+                id: id.to_string(),
+                actual: role_name(m.role),
+                wanted: role_name(role),
+            });
         }
         Ok(m)
     }
@@ -146,17 +204,28 @@ impl Catalog {
                 } else {
                     format!("copy {} into {}", m.weights, self.models_dir.display())
                 };
-                return Err(ModelError::Missing { id: m.id.clone(), path, hint });
+                return Err(ModelError::Missing {
+                    id: m.id.clone(),
+                    path,
+                    hint,
+                });
             }
             Err(e) => return Err(io_err(&path)(e)),
         };
         let sha256 = verify_checksums(m, &bytes, &path)?;
-        Ok(VerifiedWeights { path, bytes, sha256 })
+        Ok(VerifiedWeights {
+            path,
+            bytes,
+            sha256,
+        })
     }
 
     pub fn status(&self, m: &Manifest) -> WeightsStatus {
         match self.read_verified(m) {
-            Ok(w) => WeightsStatus::Verified { sha256: w.sha256, size: w.bytes.len() as u64 },
+            Ok(w) => WeightsStatus::Verified {
+                sha256: w.sha256,
+                size: w.bytes.len() as u64,
+            },
             Err(ModelError::Missing { .. }) => WeightsStatus::Missing,
             Err(e) => WeightsStatus::Bad(e.to_string()),
         }
@@ -179,7 +248,11 @@ impl Catalog {
             weights: m.weights.clone(),
             dir: self.models_dir.clone(),
         })?;
-        let download_err = |message: String| ModelError::Download { id: m.id.clone(), url: url.clone(), message };
+        let download_err = |message: String| ModelError::Download {
+            id: m.id.clone(),
+            url: url.clone(),
+            message,
+        };
         fs::create_dir_all(&self.models_dir).map_err(io_err(&self.models_dir))?;
         let final_path = self.weights_path(m);
         let part_path = self.models_dir.join(format!(".{}.part", m.weights));
@@ -189,7 +262,10 @@ impl Catalog {
             .timeout_recv_response(Some(Duration::from_secs(60)))
             .build()
             .into();
-        let response = agent.get(&url).call().map_err(|e| download_err(e.to_string()))?;
+        let response = agent
+            .get(&url)
+            .call()
+            .map_err(|e| download_err(e.to_string()))?;
         let body = response.into_body();
         let total = body.content_length();
         let mut reader = body.into_reader();
@@ -199,7 +275,9 @@ impl Catalog {
             let mut bytes = Vec::with_capacity(total.unwrap_or(0).min(1 << 30) as usize);
             let mut chunk = vec![0u8; 1 << 16];
             loop {
-                let n = reader.read(&mut chunk).map_err(|e| download_err(e.to_string()))?;
+                let n = reader
+                    .read(&mut chunk)
+                    .map_err(|e| download_err(e.to_string()))?;
                 if n == 0 {
                     break;
                 }
@@ -265,7 +343,12 @@ fn verify_checksums(m: &Manifest, bytes: &[u8], path: &Path) -> Result<String, M
     if let Some(expected) = &m.git_blob_sha1 {
         let actual = git_blob_sha1_hex(bytes);
         if !expected.eq_ignore_ascii_case(&actual) {
-            return Err(ModelError::Checksum { path: path.to_path_buf(), what: "git blob id", expected: expected.clone(), actual });
+            return Err(ModelError::Checksum {
+                path: path.to_path_buf(),
+                what: "git blob id",
+                expected: expected.clone(),
+                actual,
+            });
         }
     }
     Ok(sha256)
@@ -278,7 +361,10 @@ mod tests {
     #[test]
     fn git_blob_id_matches_git() {
         // `printf 'hello\n' | git hash-object --stdin`
-        assert_eq!(git_blob_sha1_hex(b"hello\n"), "ce013625030ba8dba906f756967f9e9ca394464a");
+        assert_eq!(
+            git_blob_sha1_hex(b"hello\n"),
+            "ce013625030ba8dba906f756967f9e9ca394464a"
+        );
     }
 
     #[test]

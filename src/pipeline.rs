@@ -38,15 +38,28 @@ pub struct FacePipeline {
 }
 
 impl FacePipeline {
-    pub fn load(catalog: &Catalog, detector_id: &str, settings: &DetectSettings, embedder_id: &str) -> Result<FacePipeline, ModelError> {
-        Ok(FacePipeline { detector: load_detector(catalog, detector_id, settings)?, embedder: load_embedder(catalog, embedder_id)? })
+    pub fn load(
+        catalog: &Catalog,
+        detector_id: &str,
+        settings: &DetectSettings,
+        embedder_id: &str,
+    ) -> Result<FacePipeline, ModelError> {
+        Ok(FacePipeline {
+            detector: load_detector(catalog, detector_id, settings)?,
+            embedder: load_embedder(catalog, embedder_id)?,
+        })
     }
 
     /// Detects, selects and embeds faces; fails with `NoFace` when nothing is found.
-    pub fn embed_faces(&mut self, frame: &RgbImage, selection: FaceSelection) -> Result<Vec<EmbeddedFace>, PipelineError> {
+    pub fn embed_faces(
+        &mut self,
+        frame: &RgbImage,
+        selection: FaceSelection,
+    ) -> Result<Vec<EmbeddedFace>, PipelineError> {
         let mut faces = self.detector.detect(frame)?;
         if selection == FaceSelection::Main {
-            let main = main_face(&faces, frame.width(), frame.height()).ok_or(PipelineError::NoFace)?;
+            let main =
+                main_face(&faces, frame.width(), frame.height()).ok_or(PipelineError::NoFace)?;
             faces = vec![faces[main]];
         }
         if faces.is_empty() {
@@ -56,14 +69,21 @@ impl FacePipeline {
             .into_iter()
             .map(|detection| {
                 let embedding = self.embedder.embed_face(frame, &detection.landmarks)?;
-                Ok(EmbeddedFace { detection, embedding })
+                Ok(EmbeddedFace {
+                    detection,
+                    embedding,
+                })
             })
             .collect()
     }
 }
 
 /// Reads, verifies and loads a detector from the catalog.
-pub fn load_detector(catalog: &Catalog, id: &str, settings: &DetectSettings) -> Result<Detector, ModelError> {
+pub fn load_detector(
+    catalog: &Catalog,
+    id: &str,
+    settings: &DetectSettings,
+) -> Result<Detector, ModelError> {
     let manifest = catalog.get_role(id, Role::Detector)?;
     Detector::new(manifest, &catalog.read_verified(manifest)?, settings)
 }

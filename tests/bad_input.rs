@@ -18,7 +18,11 @@ fn png_claiming(w: u32, h: u32) -> Vec<u8> {
         for &b in bytes {
             crc ^= b as u32;
             for _ in 0..8 {
-                crc = if crc & 1 == 1 { (crc >> 1) ^ 0xedb8_8320 } else { crc >> 1 };
+                crc = if crc & 1 == 1 {
+                    (crc >> 1) ^ 0xedb8_8320
+                } else {
+                    crc >> 1
+                };
             }
         }
         !crc
@@ -36,7 +40,11 @@ fn png_claiming(w: u32, h: u32) -> Vec<u8> {
     ihdr.extend_from_slice(&h.to_be_bytes());
     ihdr.extend_from_slice(&[8, 2, 0, 0, 0]); // 8-bit RGB
     chunk(&mut out, b"IHDR", &ihdr);
-    chunk(&mut out, b"IDAT", &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01]);
+    chunk(
+        &mut out,
+        b"IDAT",
+        &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01],
+    );
     chunk(&mut out, b"IEND", &[]);
     out
 }
@@ -59,23 +67,48 @@ fn each_bad_file_is_one_named_error_and_the_rest_is_processed() {
     let good = data("photos/probes/obama1.jpg");
     let missing = dir.path("missing.jpg");
 
-    let bad = ["truncated.jpg", "cut.png", "notes.jpg", "empty.png", "huge.png", "no_face.png"];
+    let bad = [
+        "truncated.jpg",
+        "cut.png",
+        "notes.jpg",
+        "empty.png",
+        "huge.png",
+        "no_face.png",
+    ];
     let mut cmd = face_edge();
-    cmd.args(["embed", "--model", "mobilefacenet", "--jsonl"]).arg(&good).arg(&missing);
+    cmd.args(["embed", "--model", "mobilefacenet", "--jsonl"])
+        .arg(&good)
+        .arg(&missing);
     for b in bad {
         cmd.arg(dir.path(b));
     }
     let (code, stdout, stderr) = run(&mut cmd);
     assert_eq!(code, 1, "partial failure exits 1; stderr:\n{stderr}");
 
-    let records: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let records: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(records.len(), 2 + bad.len(), "one record per input");
-    assert!(records[0]["error"].is_null() && records[0]["faces"].as_array().unwrap().len() == 1, "good file embedded");
+    assert!(
+        records[0]["error"].is_null() && records[0]["faces"].as_array().unwrap().len() == 1,
+        "good file embedded"
+    );
 
-    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("face-edge: error:")).collect();
-    assert_eq!(errors.len(), 1 + bad.len(), "one line per bad file:\n{stderr}");
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("face-edge: error:"))
+        .collect();
+    assert_eq!(
+        errors.len(),
+        1 + bad.len(),
+        "one line per bad file:\n{stderr}"
+    );
     let expect = |name: &str, cause: &str| {
-        let line = errors.iter().find(|l| l.contains(name)).unwrap_or_else(|| panic!("no error for {name}:\n{stderr}"));
+        let line = errors
+            .iter()
+            .find(|l| l.contains(name))
+            .unwrap_or_else(|| panic!("no error for {name}:\n{stderr}"));
         assert!(line.to_lowercase().contains(cause), "{name}: {line}");
     };
     expect("missing.jpg", "no such file");
@@ -103,11 +136,24 @@ fn a_directory_is_walked_for_images_only() {
 fn sixteen_bit_grey_and_rgba_images_are_converted_not_refused() {
     let dir = TempDir::new("formats");
     let img = photo();
-    save(&DynamicImage::ImageRgb16(img.to_rgb16()), &dir.path("rgb16.png"));
-    save(&DynamicImage::ImageLuma8(img.to_luma8()), &dir.path("grey.png"));
-    save(&DynamicImage::ImageLumaA16(img.to_luma_alpha16()), &dir.path("grey_alpha16.png"));
+    save(
+        &DynamicImage::ImageRgb16(img.to_rgb16()),
+        &dir.path("rgb16.png"),
+    );
+    save(
+        &DynamicImage::ImageLuma8(img.to_luma8()),
+        &dir.path("grey.png"),
+    );
+    save(
+        &DynamicImage::ImageLumaA16(img.to_luma_alpha16()),
+        &dir.path("grey_alpha16.png"),
+    );
     let rgba = data("photos/probes/32bit.png");
-    assert_eq!(image::open(&rgba).unwrap().color(), image::ColorType::Rgba8, "fixture is RGBA");
+    assert_eq!(
+        image::open(&rgba).unwrap().color(),
+        image::ColorType::Rgba8,
+        "fixture is RGBA"
+    );
     let reference = dir.path("rgb8.png");
     save(&DynamicImage::ImageRgb8(img.to_rgb8()), &reference);
 
@@ -138,9 +184,14 @@ fn sixteen_bit_grey_and_rgba_images_are_converted_not_refused() {
 fn detect_reports_zero_faces_without_failing() {
     let dir = TempDir::new("zero");
     save(&DynamicImage::new_rgb8(64, 48), &dir.path("blank.png"));
-    let (code, stdout, _) = run(face_edge().args(["detect", "--json"]).arg(dir.path("blank.png")));
+    let (code, stdout, _) = run(face_edge()
+        .args(["detect", "--json"])
+        .arg(dir.path("blank.png")));
     assert_eq!(code, 0);
     let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
     assert_eq!(v["faces"].as_array().unwrap().len(), 0);
-    assert_eq!((v["width"].as_u64(), v["height"].as_u64()), (Some(64), Some(48)));
+    assert_eq!(
+        (v["width"].as_u64(), v["height"].as_u64()),
+        (Some(64), Some(48))
+    );
 }

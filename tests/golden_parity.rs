@@ -9,10 +9,16 @@ use face_edge::image_io::load_rgb;
 use face_edge::pipeline::{load_detector, load_embedder};
 
 /// Golden embedding keys and our model ids.
-const EMBEDDERS: [(&str, &str); 2] = [("mobilefacenet", "mobilefacenet"), ("japanese_face_v1_standin", "japanese-face-v1-standin")];
+const EMBEDDERS: [(&str, &str); 2] = [
+    ("mobilefacenet", "mobilefacenet"),
+    ("japanese_face_v1_standin", "japanese-face-v1-standin"),
+];
 
 fn native() -> DetectSettings {
-    DetectSettings { score_threshold: Some(0.7), max_side: 0 }
+    DetectSettings {
+        score_threshold: Some(0.7),
+        max_side: 0,
+    }
 }
 
 fn golden_faces(v: &serde_json::Value) -> Vec<([f32; 4], [[f32; 2]; 5])> {
@@ -22,15 +28,28 @@ fn golden_faces(v: &serde_json::Value) -> Vec<([f32; 4], [[f32; 2]; 5])> {
         .iter()
         .map(|f| {
             let b = vec_f32(&f["box"]);
-            let l: Vec<Vec<f32>> = f["landmarks"].as_array().unwrap().iter().map(vec_f32).collect();
-            ([b[0], b[1], b[2], b[3]], std::array::from_fn(|k| [l[k][0], l[k][1]]))
+            let l: Vec<Vec<f32>> = f["landmarks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(vec_f32)
+                .collect();
+            (
+                [b[0], b[1], b[2], b[3]],
+                std::array::from_fn(|k| [l[k][0], l[k][1]]),
+            )
         })
         .collect()
 }
 
 fn max_abs_diff(d: &Detection, bbox: &[f32; 4], marks: &[[f32; 2]; 5]) -> f32 {
     let boxes = d.bbox.iter().zip(bbox).map(|(a, b)| (a - b).abs());
-    let points = d.landmarks.iter().flatten().zip(marks.iter().flatten()).map(|(a, b)| (a - b).abs());
+    let points = d
+        .landmarks
+        .iter()
+        .flatten()
+        .zip(marks.iter().flatten())
+        .map(|(a, b)| (a - b).abs());
     boxes.chain(points).fold(0.0, f32::max)
 }
 
@@ -43,7 +62,11 @@ fn detections_match_the_reference_within_1_5_px() {
     assert!(images.len() >= 20, "golden set unexpectedly small");
     for (rel, g) in images {
         let img = load_rgb(&data(&format!("photos/{rel}"))).unwrap();
-        assert_eq!((img.width() as u64, img.height() as u64), (g["width"].as_u64().unwrap(), g["height"].as_u64().unwrap()), "{rel}: size");
+        assert_eq!(
+            (img.width() as u64, img.height() as u64),
+            (g["width"].as_u64().unwrap(), g["height"].as_u64().unwrap()),
+            "{rel}: size"
+        );
         let ours = detector.detect(&img).unwrap();
         let theirs = golden_faces(g);
         assert_eq!(ours.len(), theirs.len(), "{rel}: face count");
@@ -51,14 +74,19 @@ fn detections_match_the_reference_within_1_5_px() {
             // Pair each reference face with our nearest box.
             let d = ours
                 .iter()
-                .min_by(|a, b| max_abs_diff(a, bbox, marks).total_cmp(&max_abs_diff(b, bbox, marks)))
+                .min_by(|a, b| {
+                    max_abs_diff(a, bbox, marks).total_cmp(&max_abs_diff(b, bbox, marks))
+                })
                 .unwrap();
             let diff = max_abs_diff(d, bbox, marks);
             assert!(diff <= 1.5, "{rel}: box/landmarks differ by {diff:.2} px");
             worst = worst.max(diff);
         }
     }
-    println!("detection parity: {} images, worst coordinate difference {worst:.3} px", images.len());
+    println!(
+        "detection parity: {} images, worst coordinate difference {worst:.3} px",
+        images.len()
+    );
 }
 
 #[test]
@@ -69,7 +97,12 @@ fn golden_crop_embeddings_match_the_reference() {
         let embedder = load_embedder(&catalog, id).unwrap();
         let mut min = 1.0f32;
         for (rel, g) in golden["images"].as_object().unwrap() {
-            let crop = image::open(data(&format!("golden/{}", g[key]["crop"].as_str().unwrap()))).unwrap().into_rgb8();
+            let crop = image::open(data(&format!(
+                "golden/{}",
+                g[key]["crop"].as_str().unwrap()
+            )))
+            .unwrap()
+            .into_rgb8();
             let ours = embedder.embed_crop(&crop).unwrap();
             let c = cosine(&ours, &vec_f32(&g[key]["embedding"]));
             assert!(c >= 0.999, "{id} on {rel}: cosine {c}");
@@ -100,25 +133,44 @@ fn end_to_end_main_face_embeddings_match_the_reference() {
         let faces = detector.detect(&img).unwrap();
         let main = &faces[main_face(&faces, img.width(), img.height()).expect("a face")];
         let chosen = vec_f32(&g["chosen_face_box"]);
-        assert!(main.bbox.iter().zip(&chosen).all(|(a, b)| (a - b).abs() <= 1.5), "{rel}: chose another face");
+        assert!(
+            main.bbox
+                .iter()
+                .zip(&chosen)
+                .all(|(a, b)| (a - b).abs() <= 1.5),
+            "{rel}: chose another face"
+        );
 
-        let c = cosine(&mobilefacenet.embed_face(&img, &main.landmarks).unwrap(), &vec_f32(&g["mobilefacenet"]["embedding"]));
+        let c = cosine(
+            &mobilefacenet.embed_face(&img, &main.landmarks).unwrap(),
+            &vec_f32(&g["mobilefacenet"]["embedding"]),
+        );
         assert!(c >= 0.99, "mobilefacenet on {rel}: end-to-end cosine {c}");
         min_mfn = min_mfn.min(c);
 
         let reference = golden_faces(&detections["images"][rel]);
         let (_, marks) = reference
             .iter()
-            .min_by(|a, b| (a.0[0] - chosen[0]).abs().total_cmp(&(b.0[0] - chosen[0]).abs()))
+            .min_by(|a, b| {
+                (a.0[0] - chosen[0])
+                    .abs()
+                    .total_cmp(&(b.0[0] - chosen[0]).abs())
+            })
             .unwrap();
         let golden = vec_f32(&g["japanese_face_v1_standin"]["embedding"]);
         let c = cosine(&standin.embed_face(&img, marks).unwrap(), &golden);
-        assert!(c >= 0.98, "stand-in on {rel}: cosine {c} from the reference landmarks");
+        assert!(
+            c >= 0.98,
+            "stand-in on {rel}: cosine {c} from the reference landmarks"
+        );
         if c < 0.99 {
             println!("stand-in on {rel}: cosine {c:.5} from the reference landmarks");
         }
         min_standin_ref = min_standin_ref.min(c);
-        min_standin_ours = min_standin_ours.min(cosine(&standin.embed_face(&img, &main.landmarks).unwrap(), &golden));
+        min_standin_ours = min_standin_ours.min(cosine(
+            &standin.embed_face(&img, &main.landmarks).unwrap(),
+            &golden,
+        ));
     }
     println!(
         "end to end: mobilefacenet min cosine {min_mfn:.5}; stand-in min cosine {min_standin_ref:.5} from reference landmarks, {min_standin_ours:.5} from ours"

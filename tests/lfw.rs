@@ -21,8 +21,16 @@ fn pairs() -> Vec<Pair> {
         .filter_map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
             match f.len() {
-                3 => Some(Pair { a: image(f[0], f[1]), b: image(f[0], f[2]), same: true }),
-                4 => Some(Pair { a: image(f[0], f[1]), b: image(f[2], f[3]), same: false }),
+                3 => Some(Pair {
+                    a: image(f[0], f[1]),
+                    b: image(f[0], f[2]),
+                    same: true,
+                }),
+                4 => Some(Pair {
+                    a: image(f[0], f[1]),
+                    b: image(f[2], f[3]),
+                    same: false,
+                }),
                 _ => None,
             }
         })
@@ -37,7 +45,13 @@ fn roc_auc(scores: &[(f32, bool)]) -> f64 {
     let mut wins = 0.0;
     for p in &pos {
         for n in &neg {
-            wins += if p > n { 1.0 } else if p == n { 0.5 } else { 0.0 };
+            wins += if p > n {
+                1.0
+            } else if p == n {
+                0.5
+            } else {
+                0.0
+            };
         }
     }
     wins / (pos.len() * neg.len()) as f64
@@ -47,20 +61,27 @@ fn roc_auc(scores: &[(f32, bool)]) -> f64 {
 fn roc_auc_counts_ordered_pairs() {
     assert_eq!(roc_auc(&[(0.9, true), (0.1, false)]), 1.0);
     assert_eq!(roc_auc(&[(0.1, true), (0.9, false)]), 0.0);
-    assert_eq!(roc_auc(&[(0.5, true), (0.5, false), (0.9, true), (0.1, false)]), 0.875);
+    assert_eq!(
+        roc_auc(&[(0.5, true), (0.5, false), (0.9, true), (0.1, false)]),
+        0.875
+    );
 }
 
 #[test]
 fn lfw_folds_1_2_with_mobilefacenet_match_the_reference() {
     let lfw = data("lfw");
-    let (code, stdout, stderr) =
-        run(face_edge().args(["embed", "--model", "mobilefacenet", "--largest", "--jsonl"]).arg(&lfw));
+    let (code, stdout, stderr) = run(face_edge()
+        .args(["embed", "--model", "mobilefacenet", "--largest", "--jsonl"])
+        .arg(&lfw));
     let mut embeddings: HashMap<String, Vec<f32>> = HashMap::new();
     let mut failed = 0;
     for line in stdout.lines() {
         let v: serde_json::Value = serde_json::from_str(line).expect("each line is JSON");
         let path = v["path"].as_str().unwrap();
-        let rel = path.strip_prefix(&format!("{}/", lfw.display())).unwrap().to_string();
+        let rel = path
+            .strip_prefix(&format!("{}/", lfw.display()))
+            .unwrap()
+            .to_string();
         if v["error"].is_null() {
             let faces = v["faces"].as_array().unwrap();
             assert_eq!(faces.len(), 1, "--largest keeps one face");
@@ -70,8 +91,16 @@ fn lfw_folds_1_2_with_mobilefacenet_match_the_reference() {
             failed += 1;
         }
     }
-    assert!(embeddings.len() > 1500, "only {} LFW images embedded; exit {code}, stderr:\n{stderr}", embeddings.len());
-    assert_eq!(code, if failed == 0 { 0 } else { 1 }, "exit code reflects failures");
+    assert!(
+        embeddings.len() > 1500,
+        "only {} LFW images embedded; exit {code}, stderr:\n{stderr}",
+        embeddings.len()
+    );
+    assert_eq!(
+        code,
+        if failed == 0 { 0 } else { 1 },
+        "exit code reflects failures"
+    );
 
     let threshold = 0.264;
     let mut scores = Vec::new();

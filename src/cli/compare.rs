@@ -5,7 +5,7 @@ use anyhow::Context;
 use clap::Args;
 use face_edge::embed::cosine;
 use face_edge::image_io::load_rgb;
-use face_edge::pipeline::{FaceSelection, FacePipeline};
+use face_edge::pipeline::{FacePipeline, FaceSelection};
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -25,11 +25,17 @@ pub struct CompareArgs {
 
 pub fn run(args: CompareArgs) -> anyhow::Result<ExitCode> {
     let catalog = args.models.catalog()?;
-    let mut pipeline =
-        FacePipeline::load(&catalog, &args.models.detector, &args.models.detect_settings()?, &args.embedder.model)?;
+    let mut pipeline = FacePipeline::load(
+        &catalog,
+        &args.models.detector,
+        &args.models.detect_settings()?,
+        &args.embedder.model,
+    )?;
     let mut main_embedding = |path: &Path| -> Result<Vec<f32>, String> {
         let img = load_rgb(path).map_err(|e| e.to_string())?;
-        let mut faces = pipeline.embed_faces(&img, FaceSelection::Main).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut faces = pipeline
+            .embed_faces(&img, FaceSelection::Main)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
         Ok(faces.remove(0).embedding)
     };
     let (a, b) = match (main_embedding(&args.a), main_embedding(&args.b)) {
@@ -46,15 +52,26 @@ pub fn run(args: CompareArgs) -> anyhow::Result<ExitCode> {
     let same = c >= threshold;
     let display = pipeline.embedder.display(c);
     if args.json {
-        let display = display.map(|(value, label, unit)| json!({"label": label, "value": value, "unit": unit}));
+        let display = display
+            .map(|(value, label, unit)| json!({"label": label, "value": value, "unit": unit}));
         let out = json!({
             "a": args.a.display().to_string(), "b": args.b.display().to_string(), "model": pipeline.embedder.id(),
             "cosine": c, "threshold": threshold, "same_person": same, "display": display,
         });
-        println!("{}", serde_json::to_string(&out).context("serialising result")?);
+        println!(
+            "{}",
+            serde_json::to_string(&out).context("serialising result")?
+        );
     } else {
-        let verdict = if same { "same person" } else { "different people" };
-        println!("cosine similarity {c:.4}: {verdict} (threshold {threshold}, model {})", pipeline.embedder.id());
+        let verdict = if same {
+            "same person"
+        } else {
+            "different people"
+        };
+        println!(
+            "cosine similarity {c:.4}: {verdict} (threshold {threshold}, model {})",
+            pipeline.embedder.id()
+        );
         if let Some((value, label, unit)) = display {
             println!("{label}: {value:.1}{unit}");
         }

@@ -22,12 +22,18 @@ pub struct DetectArgs {
 
 pub fn run(args: DetectArgs) -> anyhow::Result<ExitCode> {
     let catalog = args.models.catalog()?;
-    let mut detector = load_detector(&catalog, &args.models.detector, &args.models.detect_settings()?)?;
+    let mut detector = load_detector(
+        &catalog,
+        &args.models.detector,
+        &args.models.detect_settings()?,
+    )?;
     let inputs = expand_inputs(&args.paths);
     let mut progress = Progress::new("detect", inputs.len());
     for path in &inputs {
         let result = load_rgb(path).map_err(|e| e.to_string()).and_then(|img| {
-            let faces = detector.detect(&img).map_err(|e| format!("{}: {e}", path.display()))?;
+            let faces = detector
+                .detect(&img)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
             Ok((img.dimensions(), faces))
         });
         progress.step(result.is_ok());
@@ -36,15 +42,30 @@ pub fn run(args: DetectArgs) -> anyhow::Result<ExitCode> {
                 path: path.display().to_string(),
                 width: Some(*w),
                 height: Some(*h),
-                faces: faces.iter().map(|d| FaceRecord { detection: d, embedding: None }).collect(),
+                faces: faces
+                    .iter()
+                    .map(|d| FaceRecord {
+                        detection: d,
+                        embedding: None,
+                    })
+                    .collect(),
                 error: None,
             }),
             (Ok(((w, h), faces)), false) => {
                 println!("{} ({w}x{h}): {} face(s)", path.display(), faces.len());
                 for (i, f) in faces.iter().enumerate() {
                     let [x1, y1, x2, y2] = f.bbox;
-                    let marks: Vec<String> = f.landmarks.iter().map(|p| format!("({:.1},{:.1})", p[0], p[1])).collect();
-                    println!("  face {}: box [{x1:.1}, {y1:.1}, {x2:.1}, {y2:.1}] score {:.3} landmarks {}", i + 1, f.score, marks.join(" "));
+                    let marks: Vec<String> = f
+                        .landmarks
+                        .iter()
+                        .map(|p| format!("({:.1},{:.1})", p[0], p[1]))
+                        .collect();
+                    println!(
+                        "  face {}: box [{x1:.1}, {y1:.1}, {x2:.1}, {y2:.1}] score {:.3} landmarks {}",
+                        i + 1,
+                        f.score,
+                        marks.join(" ")
+                    );
                 }
             }
             (Err(e), json) => {

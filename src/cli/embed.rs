@@ -4,7 +4,7 @@ use super::output::{FaceRecord, ImageRecord, Progress, print_json_line};
 use super::{EmbedderOption, ModelOptions, batch_exit};
 use clap::Args;
 use face_edge::image_io::{expand_inputs, load_rgb};
-use face_edge::pipeline::{EmbeddedFace, FaceSelection, FacePipeline};
+use face_edge::pipeline::{EmbeddedFace, FacePipeline, FaceSelection};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -27,14 +27,24 @@ pub struct EmbedArgs {
 
 pub fn run(args: EmbedArgs) -> anyhow::Result<ExitCode> {
     let catalog = args.models.catalog()?;
-    let mut pipeline =
-        FacePipeline::load(&catalog, &args.models.detector, &args.models.detect_settings()?, &args.embedder.model)?;
-    let selection = if args.largest { FaceSelection::Main } else { FaceSelection::All };
+    let mut pipeline = FacePipeline::load(
+        &catalog,
+        &args.models.detector,
+        &args.models.detect_settings()?,
+        &args.embedder.model,
+    )?;
+    let selection = if args.largest {
+        FaceSelection::Main
+    } else {
+        FaceSelection::All
+    };
     let inputs = expand_inputs(&args.paths);
     let mut progress = Progress::new("embed", inputs.len());
     for path in &inputs {
         let result = load_rgb(path).map_err(|e| e.to_string()).and_then(|img| {
-            let faces = pipeline.embed_faces(&img, selection).map_err(|e| format!("{}: {e}", path.display()))?;
+            let faces = pipeline
+                .embed_faces(&img, selection)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
             Ok((img.dimensions(), faces))
         });
         progress.step(result.is_ok());
@@ -47,9 +57,19 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<ExitCode> {
                 error: None,
             }),
             Ok(((w, h), faces)) => {
-                println!("{} ({w}x{h}): {} face(s), model {}", path.display(), faces.len(), pipeline.embedder.id());
+                println!(
+                    "{} ({w}x{h}): {} face(s), model {}",
+                    path.display(),
+                    faces.len(),
+                    pipeline.embedder.id()
+                );
                 for (i, f) in faces.iter().enumerate() {
-                    let head: Vec<String> = f.embedding.iter().take(4).map(|v| format!("{v:.4}")).collect();
+                    let head: Vec<String> = f
+                        .embedding
+                        .iter()
+                        .take(4)
+                        .map(|v| format!("{v:.4}"))
+                        .collect();
                     let [x1, y1, x2, y2] = f.detection.bbox;
                     println!(
                         "  face {}: box [{x1:.1}, {y1:.1}, {x2:.1}, {y2:.1}] score {:.3} embedding[{}] = [{}, ...]",
@@ -73,5 +93,8 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn face_record(f: &EmbeddedFace) -> FaceRecord<'_> {
-    FaceRecord { detection: &f.detection, embedding: Some(&f.embedding) }
+    FaceRecord {
+        detection: &f.detection,
+        embedding: Some(&f.embedding),
+    }
 }

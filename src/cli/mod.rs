@@ -18,7 +18,11 @@ pub const EXIT_PARTIAL: u8 = 1;
 pub const EXIT_CONFIG: u8 = 78;
 
 #[derive(Parser)]
-#[command(name = "face-edge", version, about = "Face recognition for edge boards: detect, embed, compare, run")]
+#[command(
+    name = "face-edge",
+    version,
+    about = "Face recognition for edge boards: detect, embed, compare, run"
+)]
 pub struct Cli {
     /// Log level (error, warn, info, debug, trace); overrides RUST_LOG.
     #[arg(long, global = true, env = "FACE_EDGE_LOG")]
@@ -58,7 +62,10 @@ pub struct ModelOptions {
 
 impl ModelOptions {
     pub fn catalog(&self) -> anyhow::Result<Catalog> {
-        Ok(Catalog::load(&Catalog::resolve_dir(self.models_dir.as_deref(), None))?)
+        Ok(Catalog::load(&Catalog::resolve_dir(
+            self.models_dir.as_deref(),
+            None,
+        ))?)
     }
 
     pub fn detect_settings(&self) -> anyhow::Result<DetectSettings> {
@@ -67,7 +74,10 @@ impl ModelOptions {
         {
             anyhow::bail!("--score-threshold {t} is outside 0..1");
         }
-        Ok(DetectSettings { score_threshold: self.score_threshold, max_side: self.max_side })
+        Ok(DetectSettings {
+            score_threshold: self.score_threshold,
+            max_side: self.max_side,
+        })
     }
 }
 
@@ -90,7 +100,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 /// stderr logging for interactive use; `--log-level` wins over RUST_LOG, default "warn".
 pub fn init_logging(level: Option<&str>) {
-    let mut builder = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"));
+    let mut builder =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"));
     if let Some(level) = level {
         builder.parse_filters(level);
     }
@@ -99,5 +110,9 @@ pub fn init_logging(level: Option<&str>) {
 
 /// Exit status of a batch: 0 when every input succeeded.
 pub fn batch_exit(failed: usize) -> ExitCode {
-    if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(EXIT_PARTIAL) }
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_PARTIAL)
+    }
 }

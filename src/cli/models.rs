@@ -35,29 +35,46 @@ pub fn run(args: ModelsArgs) -> anyhow::Result<ExitCode> {
     match args.action {
         Action::List => {
             println!("models directory: {}", catalog.models_dir().display());
-            println!("{:<26} {:<9} {:<10} {:<32} licence", "id", "role", "weights", "file");
+            println!(
+                "{:<26} {:<9} {:<10} {:<32} licence",
+                "id", "role", "weights", "file"
+            );
             for m in catalog.manifests() {
                 let state = match catalog.status(m) {
                     WeightsStatus::Verified { .. } => "ok",
                     WeightsStatus::Missing => "missing",
                     WeightsStatus::Bad(_) => "BAD",
                 };
-                let licence = if m.license.redistributable { m.license.name.clone() } else { format!("{} (not redistributable)", m.license.name) };
-                println!("{:<26} {:<9} {:<10} {:<32} {licence}", m.id, role_name(m.role), state, m.weights);
+                let licence = if m.license.redistributable {
+                    m.license.name.clone()
+                } else {
+                    format!("{} (not redistributable)", m.license.name)
+                };
+                println!(
+                    "{:<26} {:<9} {:<10} {:<32} {licence}",
+                    m.id,
+                    role_name(m.role),
+                    state,
+                    m.weights
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
         Action::Verify { ids } => {
             let explicit = !ids.is_empty();
             let manifests = if explicit {
-                ids.iter().map(|id| catalog.get(id)).collect::<Result<Vec<_>, _>>()?
+                ids.iter()
+                    .map(|id| catalog.get(id))
+                    .collect::<Result<Vec<_>, _>>()?
             } else {
                 catalog.manifests().collect()
             };
             let mut failed = 0;
             for m in manifests {
                 match catalog.status(m) {
-                    WeightsStatus::Verified { sha256, size } => println!("{}: ok ({size} bytes, sha256 {sha256})", m.id),
+                    WeightsStatus::Verified { sha256, size } => {
+                        println!("{}: ok ({size} bytes, sha256 {sha256})", m.id)
+                    }
                     WeightsStatus::Missing if !explicit => println!("{}: not present", m.id),
                     WeightsStatus::Missing => {
                         failed += 1;
@@ -69,12 +86,21 @@ pub fn run(args: ModelsArgs) -> anyhow::Result<ExitCode> {
                     }
                 }
             }
-            Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(EXIT_PARTIAL) })
+            Ok(if failed == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_PARTIAL)
+            })
         }
         Action::Fetch { id, accept_license } => {
             let m = catalog.get(&id)?;
             if !m.license.redistributable {
-                eprintln!("{} is licensed under: {}\n{}\n", m.id, m.license.name, m.license.terms.trim());
+                eprintln!(
+                    "{} is licensed under: {}\n{}\n",
+                    m.id,
+                    m.license.name,
+                    m.license.terms.trim()
+                );
             }
             let mut last_pct = u64::MAX;
             let path = catalog.fetch(m, accept_license, |done, total| {

@@ -27,7 +27,13 @@ pub struct ImageRecord<'a> {
 
 impl ImageRecord<'_> {
     pub fn failed(path: &Path, error: String) -> ImageRecord<'static> {
-        ImageRecord { path: path.display().to_string(), width: None, height: None, faces: vec![], error: Some(error) }
+        ImageRecord {
+            path: path.display().to_string(),
+            width: None,
+            height: None,
+            faces: vec![],
+            error: Some(error),
+        }
     }
 }
 
@@ -54,7 +60,15 @@ pub struct Progress {
 impl Progress {
     pub fn new(label: &'static str, total: usize) -> Progress {
         let now = Instant::now();
-        Progress { label, total, done: 0, failed: 0, started: now, last: now, tty: std::io::stderr().is_terminal() }
+        Progress {
+            label,
+            total,
+            done: 0,
+            failed: 0,
+            started: now,
+            last: now,
+            tty: std::io::stderr().is_terminal(),
+        }
     }
 
     pub fn step(&mut self, ok: bool) {
@@ -62,7 +76,10 @@ impl Progress {
         self.failed += usize::from(!ok);
         if self.last.elapsed() >= Duration::from_secs(1) {
             self.last = Instant::now();
-            self.print(if self.tty { "\r" } else { "" }, if self.tty { "" } else { "\n" });
+            self.print(
+                if self.tty { "\r" } else { "" },
+                if self.tty { "" } else { "\n" },
+            );
         }
     }
 

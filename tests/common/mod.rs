@@ -10,13 +10,19 @@ pub fn shared_dir() -> PathBuf {
     let dir = std::env::var_os("FACE_EDGE_SHARED")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared"));
-    assert!(dir.join("data").is_dir(), "shared data not found at {} (set FACE_EDGE_SHARED)", dir.display());
+    assert!(
+        dir.join("data").is_dir(),
+        "shared data not found at {} (set FACE_EDGE_SHARED)",
+        dir.display()
+    );
     dir
 }
 
 /// `FACE_EDGE_MODELS_DIR`, else `<shared>/models`.
 pub fn models_dir() -> PathBuf {
-    std::env::var_os("FACE_EDGE_MODELS_DIR").map(PathBuf::from).unwrap_or_else(|| shared_dir().join("models"))
+    std::env::var_os("FACE_EDGE_MODELS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| shared_dir().join("models"))
 }
 
 pub fn data(rel: &str) -> PathBuf {
@@ -35,13 +41,22 @@ pub fn read_json(rel: &str) -> serde_json::Value {
 /// The face-edge binary with the models directory set.
 pub fn face_edge() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_face-edge"));
-    cmd.env("FACE_EDGE_MODELS_DIR", models_dir()).env_remove("RUST_LOG");
+    cmd.env("FACE_EDGE_MODELS_DIR", models_dir())
+        .env_remove("RUST_LOG");
     cmd
 }
 
 pub fn run(cmd: &mut Command) -> (i32, String, String) {
-    let Output { status, stdout, stderr } = cmd.output().expect("face-edge runs");
-    (status.code().unwrap_or(-1), String::from_utf8(stdout).unwrap(), String::from_utf8(stderr).unwrap())
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = cmd.output().expect("face-edge runs");
+    (
+        status.code().unwrap_or(-1),
+        String::from_utf8(stdout).unwrap(),
+        String::from_utf8(stderr).unwrap(),
+    )
 }
 
 /// A fresh temporary directory removed on drop.
@@ -73,5 +88,9 @@ impl Drop for TempDir {
 }
 
 pub fn vec_f32(v: &serde_json::Value) -> Vec<f32> {
-    v.as_array().expect("array").iter().map(|x| x.as_f64().unwrap() as f32).collect()
+    v.as_array()
+        .expect("array")
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
 }
