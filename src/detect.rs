@@ -122,6 +122,7 @@ const PLAN_CACHE: usize = 4;
 
 pub struct Detector {
     id: String,
+    weights_sha256: String,
     model: OnnxModel,
     spec: DetectorSpec,
     options: DetectOptions,
@@ -172,6 +173,7 @@ impl Detector {
         let options = DetectOptions::resolve(&spec, settings);
         Ok(Detector {
             id: manifest.id.clone(),
+            weights_sha256: weights.sha256.clone(),
             model,
             spec,
             options,
@@ -182,6 +184,10 @@ impl Detector {
 
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    pub fn weights_sha256(&self) -> &str {
+        &self.weights_sha256
     }
 
     pub fn options(&self) -> DetectOptions {

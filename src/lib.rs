@@ -1,12 +1,17 @@
 //! face-edge: camera frames -> YuNet detection -> 5-point alignment -> ONNX embedder on tract -> gallery
 //! matching -> events. The vision core (`detect`, `align`, `embed`, `pipeline`) is pure computation over
-//! frames; `models` and `image_io` do the file IO around it.
+//! frames and embeddings, and so is `gallery` (matching); `models`, `image_io`, `store`, `enrol` and
+//! `config` do the file IO around them.
 
 pub mod align;
+pub mod config;
 pub mod detect;
 pub mod embed;
+pub mod enrol;
+pub mod gallery;
 pub mod image_io;
 pub mod inference;
 pub mod manifest;
 pub mod models;
 pub mod pipeline;
+pub mod store;

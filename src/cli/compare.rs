@@ -3,9 +3,10 @@
 use super::{EmbedderOption, ModelOptions};
 use anyhow::Context;
 use clap::Args;
+use face_edge::config::Config;
 use face_edge::embed::cosine;
 use face_edge::image_io::load_rgb;
-use face_edge::pipeline::{FacePipeline, FaceSelection};
+use face_edge::pipeline::FaceSelection;
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -24,13 +25,7 @@ pub struct CompareArgs {
 }
 
 pub fn run(args: CompareArgs) -> anyhow::Result<ExitCode> {
-    let catalog = args.models.catalog()?;
-    let mut pipeline = FacePipeline::load(
-        &catalog,
-        &args.models.detector,
-        &args.models.detect_settings()?,
-        &args.embedder.model,
-    )?;
+    let (_, mut pipeline) = args.models.pipeline(&Config::default(), &args.embedder)?;
     let mut main_embedding = |path: &Path| -> Result<Vec<f32>, String> {
         let img = load_rgb(path).map_err(|e| e.to_string())?;
         let mut faces = pipeline

@@ -3,6 +3,7 @@
 use super::output::{FaceRecord, ImageRecord, Progress, print_json_line};
 use super::{ModelOptions, batch_exit};
 use clap::Args;
+use face_edge::config::Config;
 use face_edge::image_io::{expand_inputs, load_rgb};
 use face_edge::pipeline::load_detector;
 use std::path::PathBuf;
@@ -21,12 +22,10 @@ pub struct DetectArgs {
 }
 
 pub fn run(args: DetectArgs) -> anyhow::Result<ExitCode> {
-    let catalog = args.models.catalog()?;
-    let mut detector = load_detector(
-        &catalog,
-        &args.models.detector,
-        &args.models.detect_settings()?,
-    )?;
+    let config = Config::default();
+    let catalog = args.models.catalog(&config)?;
+    let settings = args.models.detect_settings(&config)?;
+    let mut detector = load_detector(&catalog, args.models.detector_id(&config), &settings)?;
     let inputs = expand_inputs(&args.paths);
     let mut progress = Progress::new("detect", inputs.len());
     for path in &inputs {

@@ -3,8 +3,9 @@
 use super::output::{FaceRecord, ImageRecord, Progress, print_json_line};
 use super::{EmbedderOption, ModelOptions, batch_exit};
 use clap::Args;
+use face_edge::config::Config;
 use face_edge::image_io::{expand_inputs, load_rgb};
-use face_edge::pipeline::{EmbeddedFace, FacePipeline, FaceSelection};
+use face_edge::pipeline::{EmbeddedFace, FaceSelection};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -26,13 +27,7 @@ pub struct EmbedArgs {
 }
 
 pub fn run(args: EmbedArgs) -> anyhow::Result<ExitCode> {
-    let catalog = args.models.catalog()?;
-    let mut pipeline = FacePipeline::load(
-        &catalog,
-        &args.models.detector,
-        &args.models.detect_settings()?,
-        &args.embedder.model,
-    )?;
+    let (_, mut pipeline) = args.models.pipeline(&Config::default(), &args.embedder)?;
     let selection = if args.largest {
         FaceSelection::Main
     } else {

@@ -3,12 +3,16 @@
 mod compare;
 mod detect;
 mod embed;
+mod gallery;
+mod identify;
 mod models;
 mod output;
 
 use clap::{Args, Parser, Subcommand};
-use face_edge::detect::{DEFAULT_MAX_SIDE, DetectSettings};
-use face_edge::models::{Catalog, DEFAULT_DETECTOR, DEFAULT_EMBEDDER, MODELS_DIR_ENV};
+use face_edge::config::Config;
+use face_edge::detect::DetectSettings;
+use face_edge::models::{Catalog, MODELS_DIR_ENV};
+use face_edge::pipeline::FacePipeline;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -41,52 +45,76 @@ enum Command {
     Compare(compare::CompareArgs),
     /// List, verify or fetch model weights.
     Models(models::ModelsArgs),
+    /// Enrol the configured people (sync), show them (list), or check config, photos and models (check).
+    Gallery(gallery::GalleryArgs),
+    /// Name every face in images against the gallery ("unknown" for anyone else).
+    Identify(identify::IdentifyArgs),
 }
 
-/// Where models are and how to detect; shared by every command that runs the pipeline.
+/// Where models are and how to detect; shared by every command that runs the pipeline. Unset values
+/// come from the config file when the command has one, else from the defaults.
 #[derive(Args, Clone)]
 pub struct ModelOptions {
-    /// Directory holding the model weights (and extra manifests).
+    /// Directory holding the model weights (and extra manifests) [default: config's models.dir, else
+    /// /var/lib/face-edge/models].
     #[arg(long, env = MODELS_DIR_ENV)]
     pub models_dir: Option<PathBuf>,
-    /// Detector model id.
-    #[arg(long, default_value = DEFAULT_DETECTOR)]
-    pub detector: String,
-    /// Minimum detection score (default: the detector manifest's).
+    /// Detector model id [default: yunet-2023mar].
+    #[arg(long)]
+    pub detector: Option<String>,
+    /// Minimum detection score [default: the detector manifest's].
     #[arg(long)]
     pub score_threshold: Option<f32>,
-    /// Scale frames down so their longer side is at most this for detection; 0 = native resolution.
-    #[arg(long, default_value_t = DEFAULT_MAX_SIDE)]
-    pub max_side: u32,
+    /// Scale frames down so their longer side is at most this for detection; 0 = native resolution
+    /// [default: 640].
+    #[arg(long)]
+    pub max_side: Option<u32>,
 }
 
 impl ModelOptions {
-    pub fn catalog(&self) -> anyhow::Result<Catalog> {
-        Ok(Catalog::load(&Catalog::resolve_dir(
-            self.models_dir.as_deref(),
-            None,
-        ))?)
+    pub fn catalog(&self, config: &Config) -> anyhow::Result<Catalog> {
+        Ok(Catalog::load(&Catalog::resolve_dir(self.models_dir.as_deref(), config.models.dir.as_deref()))?)
     }
 
-    pub fn detect_settings(&self) -> anyhow::Result<DetectSettings> {
-        if let Some(t) = self.score_threshold
+    pub fn detector_id<'a>(&'a self, config: &'a Config) -> &'a str {
+        self.detector.as_deref().unwrap_or(&config.models.detector)
+    }
+
+    pub fn detect_settings(&self, config: &Config) -> anyhow::Result<DetectSettings> {
+        let score_threshold = self.score_threshold.or(config.detection.score_threshold);
+        if let Some(t) = score_threshold
             && !(0.0..=1.0).contains(&t)
         {
             anyhow::bail!("--score-threshold {t} is outside 0..1");
         }
-        Ok(DetectSettings {
-            score_threshold: self.score_threshold,
-            max_side: self.max_side,
-        })
+        Ok(DetectSettings { score_threshold, max_side: self.max_side.unwrap_or(config.detection.max_side) })
+    }
+
+    /// Loads the detector and `embedder` with these options over `config`.
+    pub fn pipeline(&self, config: &Config, embedder: &EmbedderOption) -> anyhow::Result<(Catalog, FacePipeline)> {
+        let catalog = self.catalog(config)?;
+        let pipeline = FacePipeline::load(
+            &catalog,
+            self.detector_id(config),
+            &self.detect_settings(config)?,
+            embedder.id(config),
+        )?;
+        Ok((catalog, pipeline))
     }
 }
 
-/// The embedder to use; defaults to the product's model.
+/// The embedder to use; defaults to the config's, else the product's model.
 #[derive(Args, Clone)]
 pub struct EmbedderOption {
-    /// Embedder model id (see `face-edge models list`).
-    #[arg(long, default_value = DEFAULT_EMBEDDER)]
-    pub model: String,
+    /// Embedder model id (see `face-edge models list`) [default: japanese-face-v1].
+    #[arg(long)]
+    pub model: Option<String>,
+}
+
+impl EmbedderOption {
+    pub fn id<'a>(&'a self, config: &'a Config) -> &'a str {
+        self.model.as_deref().unwrap_or(&config.models.embedder)
+    }
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -95,6 +123,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Embed(a) => embed::run(a),
         Command::Compare(a) => compare::run(a),
         Command::Models(a) => models::run(a),
+        Command::Gallery(a) => gallery::run(a),
+        Command::Identify(a) => identify::run(a),
     }
 }
 

@@ -1,0 +1,279 @@
+//! The configuration file (`/etc/face-edge/face-edge.toml` by default): strict TOML, unknown keys are
+//! errors naming the key, and every value is validated at load so a running service never meets a bad
+//! one. Loading again is how the service reloads it.
+
+use crate::detect::DEFAULT_MAX_SIDE;
+use crate::models::{DEFAULT_DETECTOR, DEFAULT_EMBEDDER};
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/face-edge/face-edge.toml";
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/face-edge";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{}: {source}", path.display())]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{}: {message}", path.display())]
+    Parse { path: PathBuf, message: String },
+    #[error("{}: {field}: {message}", path.display())]
+    Invalid { path: PathBuf, field: String, message: String },
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub models: ModelsConfig,
+    #[serde(default)]
+    pub detection: DetectionConfig,
+    #[serde(default)]
+    pub gallery: GalleryConfig,
+    /// Explicit people, in addition to (or instead of) `gallery.dir`.
+    #[serde(default)]
+    pub person: Vec<PersonConfig>,
+    /// Directory holding the store and other state (systemd's StateDirectory).
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from(DEFAULT_STATE_DIR)
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelsConfig {
+    /// Models directory; `--models-dir` and FACE_EDGE_MODELS_DIR take precedence.
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
+    #[serde(default = "default_detector")]
+    pub detector: String,
+    #[serde(default = "default_embedder")]
+    pub embedder: String,
+}
+
+impl Default for ModelsConfig {
+    fn default() -> Self {
+        ModelsConfig { dir: None, detector: default_detector(), embedder: default_embedder() }
+    }
+}
+
+fn default_detector() -> String {
+    DEFAULT_DETECTOR.to_string()
+}
+fn default_embedder() -> String {
+    DEFAULT_EMBEDDER.to_string()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DetectionConfig {
+    /// Overrides the detector manifest's score threshold.
+    #[serde(default)]
+    pub score_threshold: Option<f32>,
+    #[serde(default = "default_max_side")]
+    pub max_side: u32,
+}
+
+impl Default for DetectionConfig {
+    fn default() -> Self {
+        DetectionConfig { score_threshold: None, max_side: DEFAULT_MAX_SIDE }
+    }
+}
+
+fn default_max_side() -> u32 {
+    DEFAULT_MAX_SIDE
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum EnrolPolicy {
+    /// Reject an enrolment photo with several faces of similar size: which one is meant is a guess.
+    #[default]
+    RejectAmbiguous,
+    /// Take the main face (largest and most central) whatever else is in the photo.
+    Largest,
+}
+
+/// `threshold = "auto"` (calibrated from the gallery, floored at the model's default) or a number.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Default)]
+#[serde(untagged)]
+pub enum ThresholdSetting {
+    Fixed(f32),
+    #[default]
+    #[serde(deserialize_with = "auto_keyword")]
+    Auto,
+}
+
+fn auto_keyword<'de, D: serde::Deserializer<'de>>(d: D) -> Result<(), D::Error> {
+    let s = String::deserialize(d)?;
+    if s == "auto" { Ok(()) } else { Err(serde::de::Error::custom(format!("expected \"auto\" or a number, got {s:?}"))) }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GalleryConfig {
+    /// One sub-directory per person; the folder name is the person id.
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
+    #[serde(default)]
+    pub enrol_policy: EnrolPolicy,
+    #[serde(default)]
+    pub threshold: ThresholdSetting,
+    /// A face is only given a name when its best person beats the second best by this much.
+    #[serde(default = "default_margin")]
+    pub margin: f32,
+}
+
+impl Default for GalleryConfig {
+    fn default() -> Self {
+        GalleryConfig { dir: None, enrol_policy: EnrolPolicy::default(), threshold: ThresholdSetting::Auto, margin: default_margin() }
+    }
+}
+
+fn default_margin() -> f32 {
+    0.05
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PersonConfig {
+    pub id: String,
+    /// Display name; defaults to the id.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Image paths or glob patterns; relative ones are relative to the config file.
+    pub images: Vec<String>,
+}
+
+/// Person ids become MQTT topic segments and file keys: lowercase letters, digits, '_' and '-'.
+pub fn is_valid_person_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and validates; relative paths are resolved against the config file's directory.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let mut config: Config = toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string().trim_end().to_string() })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        if let Some(d) = config.gallery.dir.as_mut() {
+            resolve(d);
+        }
+        if let Some(d) = config.models.dir.as_mut() {
+            resolve(d);
+        }
+        resolve(&mut config.state_dir);
+        for p in &mut config.person {
+            for image in &mut p.images {
+                if Path::new(image).is_relative() {
+                    *image = base.join(&*image).display().to_string();
+                }
+            }
+        }
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |field: String, message: String| ConfigError::Invalid { path: path.to_path_buf(), field, message };
+        if let Some(t) = self.detection.score_threshold
+            && !(0.0..=1.0).contains(&t)
+        {
+            return Err(invalid("detection.score_threshold".into(), format!("{t} is outside 0..1")));
+        }
+        if let ThresholdSetting::Fixed(t) = self.gallery.threshold
+            && !(-1.0..=1.0).contains(&t)
+        {
+            return Err(invalid("gallery.threshold".into(), format!("{t} is outside -1..1")));
+        }
+        if !(0.0..=1.0).contains(&self.gallery.margin) {
+            return Err(invalid("gallery.margin".into(), format!("{} is outside 0..1", self.gallery.margin)));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, p) in self.person.iter().enumerate() {
+            if !is_valid_person_id(&p.id) {
+                return Err(invalid(
+                    format!("person[{i}].id"),
+                    format!("{:?}: use lowercase letters, digits, '_' or '-' (it becomes an MQTT topic segment)", p.id),
+                ));
+            }
+            if !seen.insert(&p.id) {
+                return Err(invalid(format!("person[{i}].id"), format!("{:?} is defined twice", p.id)));
+            }
+            if p.images.is_empty() {
+                return Err(invalid(format!("person[{i}].images"), "list at least one image or pattern".into()));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("/etc/face-edge/face-edge.toml"))
+    }
+
+    #[test]
+    fn the_example_config_parses() {
+        let c = parse(include_str!("../config/face-edge.toml")).unwrap();
+        assert_eq!(c.models.embedder, DEFAULT_EMBEDDER);
+        assert_eq!(c.gallery.threshold, ThresholdSetting::Auto);
+    }
+
+    #[test]
+    fn defaults_apply_to_an_empty_file() {
+        let c = parse("").unwrap();
+        assert_eq!(c.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
+        assert_eq!(c.detection.max_side, DEFAULT_MAX_SIDE);
+        assert_eq!(c.gallery.enrol_policy, EnrolPolicy::RejectAmbiguous);
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = parse("[gallery]\ndirr = \"x\"\n").unwrap_err().to_string();
+        assert!(err.contains("dirr") && err.contains("face-edge.toml"), "{err}");
+        let err = parse("[[person]]\nid = \"a\"\nimages = [\"x\"]\nnickname = \"b\"\n").unwrap_err().to_string();
+        assert!(err.contains("nickname"), "{err}");
+    }
+
+    #[test]
+    fn person_ids_must_be_topic_safe_and_unique() {
+        let err = parse("[[person]]\nid = \"Alice/1\"\nimages = [\"a.jpg\"]\n").unwrap_err().to_string();
+        assert!(err.contains("person[0].id"), "{err}");
+        let twice = "[[person]]\nid = \"a\"\nimages = [\"a.jpg\"]\n[[person]]\nid = \"a\"\nimages = [\"b.jpg\"]\n";
+        assert!(parse(twice).unwrap_err().to_string().contains("defined twice"));
+    }
+
+    #[test]
+    fn threshold_is_auto_or_a_number() {
+        assert_eq!(parse("[gallery]\nthreshold = 0.45\n").unwrap().gallery.threshold, ThresholdSetting::Fixed(0.45));
+        assert_eq!(parse("[gallery]\nthreshold = \"auto\"\n").unwrap().gallery.threshold, ThresholdSetting::Auto);
+        assert!(parse("[gallery]\nthreshold = \"high\"\n").is_err());
+        assert!(parse("[gallery]\nthreshold = 1.5\n").is_err());
+    }
+
+    #[test]
+    fn relative_paths_follow_the_config_file() {
+        let c = parse("state_dir = \"state\"\n[gallery]\ndir = \"people\"\n[[person]]\nid = \"a\"\nimages = [\"a/*.jpg\"]\n").unwrap();
+        assert_eq!(c.gallery.dir.unwrap(), PathBuf::from("/etc/face-edge/people"));
+        assert_eq!(c.state_dir, PathBuf::from("/etc/face-edge/state"));
+        assert_eq!(c.person[0].images[0], "/etc/face-edge/a/*.jpg");
+    }
+}

@@ -1,0 +1,253 @@
+//! Enrolment: turns the configured gallery (a directory per person and/or `[[person]]` entries) into the
+//! store. `sync` embeds only images whose content it has not seen under the same model and settings,
+//! drops people and images that left the configuration, and rewrites the store atomically.
+
+use crate::config::{Config, EnrolPolicy, ThresholdSetting, is_valid_person_id};
+use crate::detect::main_face;
+use crate::gallery::{Gallery, GalleryPerson};
+use crate::image_io::{decode_rgb, expand_inputs, has_image_extension};
+use crate::pipeline::FacePipeline;
+use crate::store::{self, STORE_VERSION, StoreData, StoreError, StoreKey, StoredImage, StoredPerson};
+use image::RgbImage;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+/// With `reject-ambiguous`, a second face at least this fraction of the main face's area makes the photo
+/// ambiguous.
+pub const AMBIGUOUS_AREA_RATIO: f32 = 0.5;
+
+/// A person as configured: where their enrolment photos are.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PersonSource {
+    pub id: String,
+    pub name: String,
+    pub images: Vec<PathBuf>,
+}
+
+/// Everything the configuration says about who is enrolled, plus warnings about what was skipped.
+#[derive(Debug, Default)]
+pub struct GallerySources {
+    pub people: Vec<PersonSource>,
+    pub warnings: Vec<String>,
+}
+
+/// Reads the gallery directory and the `[[person]]` entries (globs expanded, sorted, de-duplicated).
+pub fn collect_sources(config: &Config) -> GallerySources {
+    let mut out = GallerySources::default();
+    let mut people: BTreeMap<String, PersonSource> = BTreeMap::new();
+    if let Some(dir) = &config.gallery.dir {
+        match std::fs::read_dir(dir) {
+            Err(e) => out.warnings.push(format!("{}: gallery directory unreadable: {e}", dir.display())),
+            Ok(entries) => {
+                let mut dirs: Vec<PathBuf> = entries.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect();
+                dirs.sort();
+                for d in dirs {
+                    let id = d.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                    if !is_valid_person_id(&id) {
+                        out.warnings.push(format!(
+                            "{}: skipped: folder name {id:?} is not a valid person id (lowercase letters, digits, '_' or '-')",
+                            d.display()
+                        ));
+                        continue;
+                    }
+                    let images = expand_inputs(std::slice::from_ref(&d));
+                    people.insert(id.clone(), PersonSource { name: id.clone(), id, images });
+                }
+            }
+        }
+    }
+    for p in &config.person {
+        let entry = people.entry(p.id.clone()).or_insert_with(|| PersonSource {
+            id: p.id.clone(),
+            name: p.id.clone(),
+            images: vec![],
+        });
+        if let Some(name) = &p.name {
+            entry.name = name.clone();
+        }
+        for pattern in &p.images {
+            let found = expand_pattern(pattern);
+            if found.is_empty() {
+                out.warnings.push(format!("person {:?}: {pattern}: no image matches", p.id));
+            }
+            entry.images.extend(found);
+        }
+    }
+    for mut p in people.into_values() {
+        p.images.sort();
+        p.images.dedup();
+        if p.images.is_empty() {
+            out.warnings.push(format!("person {:?} has no enrolment images", p.id));
+        }
+        out.people.push(p);
+    }
+    out
+}
+
+fn expand_pattern(pattern: &str) -> Vec<PathBuf> {
+    let is_glob = pattern.contains(['*', '?', '[']);
+    if !is_glob {
+        let p = PathBuf::from(pattern);
+        return if p.is_dir() { expand_inputs(&[p]) } else if p.exists() { vec![p] } else { vec![] };
+    }
+    match glob::glob(pattern) {
+        Ok(paths) => paths.flatten().filter(|p| p.is_file() && has_image_extension(p)).collect(),
+        Err(_) => vec![],
+    }
+}
+
+/// Embeds the enrolment face of one photo, or says why the photo cannot be used.
+pub fn enrol_image(pipeline: &mut FacePipeline, img: &RgbImage, policy: EnrolPolicy) -> Result<Vec<f32>, String> {
+    let faces = pipeline.detector.detect(img).map_err(|e| e.to_string())?;
+    let main = main_face(&faces, img.width(), img.height()).ok_or("no face found")?;
+    if policy == EnrolPolicy::RejectAmbiguous && faces.len() > 1 {
+        let mut areas: Vec<f32> = faces.iter().map(|f| f.area()).collect();
+        areas.sort_by(|a, b| b.total_cmp(a));
+        if areas[1] >= AMBIGUOUS_AREA_RATIO * areas[0] {
+            return Err(format!(
+                "{} faces of similar size: which one is the person is a guess (crop the photo, or set gallery.enrol_policy = \"largest\")",
+                faces.len()
+            ));
+        }
+    }
+    pipeline.embedder.embed_face(img, &faces[main].landmarks).map_err(|e| e.to_string())
+}
+
+/// The store key for the current models and settings.
+pub fn store_key(pipeline: &FacePipeline, policy: EnrolPolicy) -> StoreKey {
+    let spec = pipeline.embedder.spec();
+    let options = pipeline.detector.options();
+    StoreKey {
+        embedder: pipeline.embedder.id().to_string(),
+        weights_sha256: pipeline.embedder.weights_sha256().to_string(),
+        template: spec.alignment.template,
+        input_size: spec.input_size,
+        detector: pipeline.detector.id().to_string(),
+        detector_sha256: pipeline.detector.weights_sha256().to_string(),
+        score_threshold: options.score_threshold,
+        max_side: options.max_side,
+        enrol_policy: match policy {
+            EnrolPolicy::RejectAmbiguous => "reject-ambiguous",
+            EnrolPolicy::Largest => "largest",
+        }
+        .to_string(),
+    }
+}
+
+/// What a sync did.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct SyncReport {
+    /// Images embedded (or rejected) in this run.
+    pub computed: usize,
+    /// Images whose stored result was reused because their content was already known.
+    pub reused: usize,
+    /// (person, path, reason) for every image that gave no embedding.
+    pub rejected: Vec<(String, String, String)>,
+    pub removed_people: Vec<String>,
+    pub removed_images: usize,
+    /// Why the previous store was discarded, if it was.
+    pub rebuilt: Option<String>,
+    pub written: bool,
+}
+
+/// Brings the store in `state_dir` in line with `sources`. `progress` gets (images done, total).
+pub fn sync(
+    sources: &[PersonSource],
+    pipeline: &mut FacePipeline,
+    policy: EnrolPolicy,
+    state_dir: &Path,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<(StoreData, SyncReport), StoreError> {
+    let _lock = store::lock(state_dir)?;
+    let key = store_key(pipeline, policy);
+    let mut report = SyncReport::default();
+    let previous = match store::load(state_dir) {
+        Ok(previous) => previous,
+        Err(StoreError::Corrupt { path, reason }) => {
+            log::warn!("{}: corrupt store ({reason}); rebuilding it from the enrolment images", path.display());
+            report.rebuilt = Some(format!("corrupt: {reason}"));
+            None
+        }
+        Err(e) => return Err(e),
+    };
+    if let Some(old) = previous.as_ref().filter(|old| old.key != key) {
+        report.rebuilt = Some(format!("made with other models or settings (embedder {})", old.key.embedder));
+    }
+    // Reusable outcomes by content hash: only from a store made under the same key.
+    let known: HashMap<&str, &StoredImage> = previous
+        .iter()
+        .filter(|old| old.key == key)
+        .flat_map(|old| old.people.iter().flat_map(|p| &p.images))
+        .map(|i| (i.content_sha256.as_str(), i))
+        .collect();
+
+    let total: usize = sources.iter().map(|p| p.images.len()).sum();
+    let mut done = 0;
+    let mut people = Vec::with_capacity(sources.len());
+    for source in sources {
+        let mut images = Vec::with_capacity(source.images.len());
+        for path in &source.images {
+            let path_text = path.display().to_string();
+            let image = match std::fs::read(path) {
+                Err(e) => StoredImage { path: path_text, content_sha256: String::new(), embedding: None, rejected: Some(format!("cannot read: {e}")) },
+                Ok(bytes) => {
+                    let content_sha256 = crate::models::sha256_hex(&bytes);
+                    if let Some(hit) = known.get(content_sha256.as_str()) {
+                        report.reused += 1;
+                        StoredImage { path: path_text, ..(*hit).clone() }
+                    } else {
+                        report.computed += 1;
+                        let outcome = decode_rgb(&bytes).and_then(|img| enrol_image(pipeline, &img, policy));
+                        let (embedding, rejected) = match outcome {
+                            Ok(e) => (Some(e), None),
+                            Err(reason) => (None, Some(reason)),
+                        };
+                        StoredImage { path: path_text, content_sha256, embedding, rejected }
+                    }
+                }
+            };
+            if let Some(reason) = &image.rejected {
+                report.rejected.push((source.id.clone(), image.path.clone(), reason.clone()));
+            }
+            images.push(image);
+            done += 1;
+            progress(done, total);
+        }
+        people.push(StoredPerson { id: source.id.clone(), name: source.name.clone(), images });
+    }
+
+    if let Some(old) = &previous {
+        for p in &old.people {
+            match people.iter().find(|n| n.id == p.id) {
+                None => report.removed_people.push(p.id.clone()),
+                Some(n) => report.removed_images += p.images.iter().filter(|i| !n.images.iter().any(|j| j.path == i.path)).count(),
+            }
+        }
+    }
+    let data = StoreData { version: STORE_VERSION, key, people };
+    let unchanged = report.rebuilt.is_none() && previous.as_ref() == Some(&data);
+    if !unchanged {
+        store::save(state_dir, &data)?;
+        report.written = true;
+    }
+    Ok((data, report))
+}
+
+/// The matcher for a store: every accepted embedding, the threshold from config or calibration.
+pub fn gallery_from_store(data: &StoreData, model_default: f32, config: &Config) -> Gallery {
+    let people = data
+        .people
+        .iter()
+        .map(|p| GalleryPerson {
+            id: p.id.clone(),
+            name: p.name.clone(),
+            embeddings: p.images.iter().filter_map(|i| i.embedding.clone()).collect(),
+        })
+        .filter(|p| !p.embeddings.is_empty())
+        .collect();
+    let fixed = match config.gallery.threshold {
+        ThresholdSetting::Fixed(t) => Some(t),
+        ThresholdSetting::Auto => None,
+    };
+    Gallery::new(people, model_default, fixed, config.gallery.margin)
+}
