@@ -13,5 +13,6 @@ pub mod image_io;
 pub mod inference;
 pub mod manifest;
 pub mod models;
+pub mod openset;
 pub mod pipeline;
 pub mod store;

@@ -3,6 +3,7 @@
 mod compare;
 mod detect;
 mod embed;
+mod eval;
 mod gallery;
 mod identify;
 mod models;
@@ -49,6 +50,8 @@ enum Command {
     Gallery(gallery::GalleryArgs),
     /// Name every face in images against the gallery ("unknown" for anyone else).
     Identify(identify::IdentifyArgs),
+    /// Open-set evaluation on a folder of people: calibrated versus fixed threshold.
+    Eval(eval::EvalArgs),
 }
 
 /// Where models are and how to detect; shared by every command that runs the pipeline. Unset values
@@ -125,6 +128,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Models(a) => models::run(a),
         Command::Gallery(a) => gallery::run(a),
         Command::Identify(a) => identify::run(a),
+        Command::Eval(a) => eval::run(a),
     }
 }
 
