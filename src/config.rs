@@ -13,11 +13,18 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/face-edge";
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{}: {source}", path.display())]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{}: {message}", path.display())]
     Parse { path: PathBuf, message: String },
     #[error("{}: {field}: {message}", path.display())]
-    Invalid { path: PathBuf, field: String, message: String },
+    Invalid {
+        path: PathBuf,
+        field: String,
+        message: String,
+    },
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -55,7 +62,11 @@ pub struct ModelsConfig {
 
 impl Default for ModelsConfig {
     fn default() -> Self {
-        ModelsConfig { dir: None, detector: default_detector(), embedder: default_embedder() }
+        ModelsConfig {
+            dir: None,
+            detector: default_detector(),
+            embedder: default_embedder(),
+        }
     }
 }
 
@@ -78,7 +89,10 @@ pub struct DetectionConfig {
 
 impl Default for DetectionConfig {
     fn default() -> Self {
-        DetectionConfig { score_threshold: None, max_side: DEFAULT_MAX_SIDE }
+        DetectionConfig {
+            score_threshold: None,
+            max_side: DEFAULT_MAX_SIDE,
+        }
     }
 }
 
@@ -108,7 +122,13 @@ pub enum ThresholdSetting {
 
 fn auto_keyword<'de, D: serde::Deserializer<'de>>(d: D) -> Result<(), D::Error> {
     let s = String::deserialize(d)?;
-    if s == "auto" { Ok(()) } else { Err(serde::de::Error::custom(format!("expected \"auto\" or a number, got {s:?}"))) }
+    if s == "auto" {
+        Ok(())
+    } else {
+        Err(serde::de::Error::custom(format!(
+            "expected \"auto\" or a number, got {s:?}"
+        )))
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -128,7 +148,12 @@ pub struct GalleryConfig {
 
 impl Default for GalleryConfig {
     fn default() -> Self {
-        GalleryConfig { dir: None, enrol_policy: EnrolPolicy::default(), threshold: ThresholdSetting::Auto, margin: default_margin() }
+        GalleryConfig {
+            dir: None,
+            enrol_policy: EnrolPolicy::default(),
+            threshold: ThresholdSetting::Auto,
+            margin: default_margin(),
+        }
     }
 }
 
@@ -151,19 +176,26 @@ pub struct PersonConfig {
 pub fn is_valid_person_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 64
-        && id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+        && id
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
 }
 
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Config::parse(&text, path)
     }
 
     /// Parses and validates; relative paths are resolved against the config file's directory.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let mut config: Config = toml::from_str(text)
-            .map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string().trim_end().to_string() })?;
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
         let base = path.parent().unwrap_or(Path::new("."));
         let resolve = |p: &mut PathBuf| {
             if p.is_relative() {
@@ -189,33 +221,55 @@ impl Config {
     }
 
     fn validate(&self, path: &Path) -> Result<(), ConfigError> {
-        let invalid = |field: String, message: String| ConfigError::Invalid { path: path.to_path_buf(), field, message };
+        let invalid = |field: String, message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            field,
+            message,
+        };
         if let Some(t) = self.detection.score_threshold
             && !(0.0..=1.0).contains(&t)
         {
-            return Err(invalid("detection.score_threshold".into(), format!("{t} is outside 0..1")));
+            return Err(invalid(
+                "detection.score_threshold".into(),
+                format!("{t} is outside 0..1"),
+            ));
         }
         if let ThresholdSetting::Fixed(t) = self.gallery.threshold
             && !(-1.0..=1.0).contains(&t)
         {
-            return Err(invalid("gallery.threshold".into(), format!("{t} is outside -1..1")));
+            return Err(invalid(
+                "gallery.threshold".into(),
+                format!("{t} is outside -1..1"),
+            ));
         }
         if !(0.0..=1.0).contains(&self.gallery.margin) {
-            return Err(invalid("gallery.margin".into(), format!("{} is outside 0..1", self.gallery.margin)));
+            return Err(invalid(
+                "gallery.margin".into(),
+                format!("{} is outside 0..1", self.gallery.margin),
+            ));
         }
         let mut seen = std::collections::HashSet::new();
         for (i, p) in self.person.iter().enumerate() {
             if !is_valid_person_id(&p.id) {
                 return Err(invalid(
                     format!("person[{i}].id"),
-                    format!("{:?}: use lowercase letters, digits, '_' or '-' (it becomes an MQTT topic segment)", p.id),
+                    format!(
+                        "{:?}: use lowercase letters, digits, '_' or '-' (it becomes an MQTT topic segment)",
+                        p.id
+                    ),
                 ));
             }
             if !seen.insert(&p.id) {
-                return Err(invalid(format!("person[{i}].id"), format!("{:?} is defined twice", p.id)));
+                return Err(invalid(
+                    format!("person[{i}].id"),
+                    format!("{:?} is defined twice", p.id),
+                ));
             }
             if p.images.is_empty() {
-                return Err(invalid(format!("person[{i}].images"), "list at least one image or pattern".into()));
+                return Err(invalid(
+                    format!("person[{i}].images"),
+                    "list at least one image or pattern".into(),
+                ));
             }
         }
         Ok(())
@@ -248,23 +302,47 @@ mod tests {
     #[test]
     fn unknown_keys_are_named() {
         let err = parse("[gallery]\ndirr = \"x\"\n").unwrap_err().to_string();
-        assert!(err.contains("dirr") && err.contains("face-edge.toml"), "{err}");
-        let err = parse("[[person]]\nid = \"a\"\nimages = [\"x\"]\nnickname = \"b\"\n").unwrap_err().to_string();
+        assert!(
+            err.contains("dirr") && err.contains("face-edge.toml"),
+            "{err}"
+        );
+        let err = parse("[[person]]\nid = \"a\"\nimages = [\"x\"]\nnickname = \"b\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("nickname"), "{err}");
     }
 
     #[test]
     fn person_ids_must_be_topic_safe_and_unique() {
-        let err = parse("[[person]]\nid = \"Alice/1\"\nimages = [\"a.jpg\"]\n").unwrap_err().to_string();
+        let err = parse("[[person]]\nid = \"Alice/1\"\nimages = [\"a.jpg\"]\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("person[0].id"), "{err}");
         let twice = "[[person]]\nid = \"a\"\nimages = [\"a.jpg\"]\n[[person]]\nid = \"a\"\nimages = [\"b.jpg\"]\n";
-        assert!(parse(twice).unwrap_err().to_string().contains("defined twice"));
+        assert!(
+            parse(twice)
+                .unwrap_err()
+                .to_string()
+                .contains("defined twice")
+        );
     }
 
     #[test]
     fn threshold_is_auto_or_a_number() {
-        assert_eq!(parse("[gallery]\nthreshold = 0.45\n").unwrap().gallery.threshold, ThresholdSetting::Fixed(0.45));
-        assert_eq!(parse("[gallery]\nthreshold = \"auto\"\n").unwrap().gallery.threshold, ThresholdSetting::Auto);
+        assert_eq!(
+            parse("[gallery]\nthreshold = 0.45\n")
+                .unwrap()
+                .gallery
+                .threshold,
+            ThresholdSetting::Fixed(0.45)
+        );
+        assert_eq!(
+            parse("[gallery]\nthreshold = \"auto\"\n")
+                .unwrap()
+                .gallery
+                .threshold,
+            ThresholdSetting::Auto
+        );
         assert!(parse("[gallery]\nthreshold = \"high\"\n").is_err());
         assert!(parse("[gallery]\nthreshold = 1.5\n").is_err());
     }
@@ -272,7 +350,10 @@ mod tests {
     #[test]
     fn relative_paths_follow_the_config_file() {
         let c = parse("state_dir = \"state\"\n[gallery]\ndir = \"people\"\n[[person]]\nid = \"a\"\nimages = [\"a/*.jpg\"]\n").unwrap();
-        assert_eq!(c.gallery.dir.unwrap(), PathBuf::from("/etc/face-edge/people"));
+        assert_eq!(
+            c.gallery.dir.unwrap(),
+            PathBuf::from("/etc/face-edge/people")
+        );
         assert_eq!(c.state_dir, PathBuf::from("/etc/face-edge/state"));
         assert_eq!(c.person[0].images[0], "/etc/face-edge/a/*.jpg");
     }

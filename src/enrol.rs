@@ -7,7 +7,9 @@ use crate::detect::main_face;
 use crate::gallery::{Gallery, GalleryPerson};
 use crate::image_io::{decode_rgb, expand_inputs, has_image_extension};
 use crate::pipeline::FacePipeline;
-use crate::store::{self, STORE_VERSION, StoreData, StoreError, StoreKey, StoredImage, StoredPerson};
+use crate::store::{
+    self, STORE_VERSION, StoreData, StoreError, StoreKey, StoredImage, StoredPerson,
+};
 use image::RgbImage;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -37,12 +39,22 @@ pub fn collect_sources(config: &Config) -> GallerySources {
     let mut people: BTreeMap<String, PersonSource> = BTreeMap::new();
     if let Some(dir) = &config.gallery.dir {
         match std::fs::read_dir(dir) {
-            Err(e) => out.warnings.push(format!("{}: gallery directory unreadable: {e}", dir.display())),
+            Err(e) => out.warnings.push(format!(
+                "{}: gallery directory unreadable: {e}",
+                dir.display()
+            )),
             Ok(entries) => {
-                let mut dirs: Vec<PathBuf> = entries.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect();
+                let mut dirs: Vec<PathBuf> = entries
+                    .flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.is_dir())
+                    .collect();
                 dirs.sort();
                 for d in dirs {
-                    let id = d.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                    let id = d
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default();
                     if !is_valid_person_id(&id) {
                         out.warnings.push(format!(
                             "{}: skipped: folder name {id:?} is not a valid person id (lowercase letters, digits, '_' or '-')",
@@ -51,7 +63,14 @@ pub fn collect_sources(config: &Config) -> GallerySources {
                         continue;
                     }
                     let images = expand_inputs(std::slice::from_ref(&d));
-                    people.insert(id.clone(), PersonSource { name: id.clone(), id, images });
+                    people.insert(
+                        id.clone(),
+                        PersonSource {
+                            name: id.clone(),
+                            id,
+                            images,
+                        },
+                    );
                 }
             }
         }
@@ -68,7 +87,8 @@ pub fn collect_sources(config: &Config) -> GallerySources {
         for pattern in &p.images {
             let found = expand_pattern(pattern);
             if found.is_empty() {
-                out.warnings.push(format!("person {:?}: {pattern}: no image matches", p.id));
+                out.warnings
+                    .push(format!("person {:?}: {pattern}: no image matches", p.id));
             }
             entry.images.extend(found);
         }
@@ -77,7 +97,8 @@ pub fn collect_sources(config: &Config) -> GallerySources {
         p.images.sort();
         p.images.dedup();
         if p.images.is_empty() {
-            out.warnings.push(format!("person {:?} has no enrolment images", p.id));
+            out.warnings
+                .push(format!("person {:?} has no enrolment images", p.id));
         }
         out.people.push(p);
     }
@@ -88,16 +109,29 @@ fn expand_pattern(pattern: &str) -> Vec<PathBuf> {
     let is_glob = pattern.contains(['*', '?', '[']);
     if !is_glob {
         let p = PathBuf::from(pattern);
-        return if p.is_dir() { expand_inputs(&[p]) } else if p.exists() { vec![p] } else { vec![] };
+        return if p.is_dir() {
+            expand_inputs(&[p])
+        } else if p.exists() {
+            vec![p]
+        } else {
+            vec![]
+        };
     }
     match glob::glob(pattern) {
-        Ok(paths) => paths.flatten().filter(|p| p.is_file() && has_image_extension(p)).collect(),
+        Ok(paths) => paths
+            .flatten()
+            .filter(|p| p.is_file() && has_image_extension(p))
+            .collect(),
         Err(_) => vec![],
     }
 }
 
 /// Embeds the enrolment face of one photo, or says why the photo cannot be used.
-pub fn enrol_image(pipeline: &mut FacePipeline, img: &RgbImage, policy: EnrolPolicy) -> Result<Vec<f32>, String> {
+pub fn enrol_image(
+    pipeline: &mut FacePipeline,
+    img: &RgbImage,
+    policy: EnrolPolicy,
+) -> Result<Vec<f32>, String> {
     let faces = pipeline.detector.detect(img).map_err(|e| e.to_string())?;
     let main = main_face(&faces, img.width(), img.height()).ok_or("no face found")?;
     if policy == EnrolPolicy::RejectAmbiguous && faces.len() > 1 {
@@ -110,7 +144,10 @@ pub fn enrol_image(pipeline: &mut FacePipeline, img: &RgbImage, policy: EnrolPol
             ));
         }
     }
-    pipeline.embedder.embed_face(img, &faces[main].landmarks).map_err(|e| e.to_string())
+    pipeline
+        .embedder
+        .embed_face(img, &faces[main].landmarks)
+        .map_err(|e| e.to_string())
 }
 
 /// The store key for the current models and settings.
@@ -164,14 +201,20 @@ pub fn sync(
     let previous = match store::load(state_dir) {
         Ok(previous) => previous,
         Err(StoreError::Corrupt { path, reason }) => {
-            log::warn!("{}: corrupt store ({reason}); rebuilding it from the enrolment images", path.display());
+            log::warn!(
+                "{}: corrupt store ({reason}); rebuilding it from the enrolment images",
+                path.display()
+            );
             report.rebuilt = Some(format!("corrupt: {reason}"));
             None
         }
         Err(e) => return Err(e),
     };
     if let Some(old) = previous.as_ref().filter(|old| old.key != key) {
-        report.rebuilt = Some(format!("made with other models or settings (embedder {})", old.key.embedder));
+        report.rebuilt = Some(format!(
+            "made with other models or settings (embedder {})",
+            old.key.embedder
+        ));
     }
     // Reusable outcomes by content hash: only from a store made under the same key.
     let known: HashMap<&str, &StoredImage> = previous
@@ -189,42 +232,72 @@ pub fn sync(
         for path in &source.images {
             let path_text = path.display().to_string();
             let image = match std::fs::read(path) {
-                Err(e) => StoredImage { path: path_text, content_sha256: String::new(), embedding: None, rejected: Some(format!("cannot read: {e}")) },
+                Err(e) => StoredImage {
+                    path: path_text,
+                    content_sha256: String::new(),
+                    embedding: None,
+                    rejected: Some(format!("cannot read: {e}")),
+                },
                 Ok(bytes) => {
                     let content_sha256 = crate::models::sha256_hex(&bytes);
                     if let Some(hit) = known.get(content_sha256.as_str()) {
                         report.reused += 1;
-                        StoredImage { path: path_text, ..(*hit).clone() }
+                        StoredImage {
+                            path: path_text,
+                            ..(*hit).clone()
+                        }
                     } else {
                         report.computed += 1;
-                        let outcome = decode_rgb(&bytes).and_then(|img| enrol_image(pipeline, &img, policy));
+                        let outcome =
+                            decode_rgb(&bytes).and_then(|img| enrol_image(pipeline, &img, policy));
                         let (embedding, rejected) = match outcome {
                             Ok(e) => (Some(e), None),
                             Err(reason) => (None, Some(reason)),
                         };
-                        StoredImage { path: path_text, content_sha256, embedding, rejected }
+                        StoredImage {
+                            path: path_text,
+                            content_sha256,
+                            embedding,
+                            rejected,
+                        }
                     }
                 }
             };
             if let Some(reason) = &image.rejected {
-                report.rejected.push((source.id.clone(), image.path.clone(), reason.clone()));
+                report
+                    .rejected
+                    .push((source.id.clone(), image.path.clone(), reason.clone()));
             }
             images.push(image);
             done += 1;
             progress(done, total);
         }
-        people.push(StoredPerson { id: source.id.clone(), name: source.name.clone(), images });
+        people.push(StoredPerson {
+            id: source.id.clone(),
+            name: source.name.clone(),
+            images,
+        });
     }
 
     if let Some(old) = &previous {
         for p in &old.people {
             match people.iter().find(|n| n.id == p.id) {
                 None => report.removed_people.push(p.id.clone()),
-                Some(n) => report.removed_images += p.images.iter().filter(|i| !n.images.iter().any(|j| j.path == i.path)).count(),
+                Some(n) => {
+                    report.removed_images += p
+                        .images
+                        .iter()
+                        .filter(|i| !n.images.iter().any(|j| j.path == i.path))
+                        .count()
+                }
             }
         }
     }
-    let data = StoreData { version: STORE_VERSION, key, people };
+    let data = StoreData {
+        version: STORE_VERSION,
+        key,
+        people,
+    };
     let unchanged = report.rebuilt.is_none() && previous.as_ref() == Some(&data);
     if !unchanged {
         store::save(state_dir, &data)?;
@@ -241,7 +314,11 @@ pub fn gallery_from_store(data: &StoreData, model_default: f32, config: &Config)
         .map(|p| GalleryPerson {
             id: p.id.clone(),
             name: p.name.clone(),
-            embeddings: p.images.iter().filter_map(|i| i.embedding.clone()).collect(),
+            embeddings: p
+                .images
+                .iter()
+                .filter_map(|i| i.embedding.clone())
+                .collect(),
         })
         .filter(|p| !p.embeddings.is_empty())
         .collect();

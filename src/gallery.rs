@@ -70,17 +70,30 @@ pub fn max_impostor_similarity(people: &[GalleryPerson]) -> Option<f32> {
 
 impl Gallery {
     /// `fixed`: a configured threshold; otherwise calibrated with `model_default` as the floor.
-    pub fn new(people: Vec<GalleryPerson>, model_default: f32, fixed: Option<f32>, margin: f32) -> Gallery {
+    pub fn new(
+        people: Vec<GalleryPerson>,
+        model_default: f32,
+        fixed: Option<f32>,
+        margin: f32,
+    ) -> Gallery {
         let (threshold, threshold_source) = match fixed {
             Some(t) => (t, ThresholdSource::Fixed),
             None => match max_impostor_similarity(&people) {
-                Some(m) if m + CALIBRATION_HEADROOM > model_default => {
-                    ((m + CALIBRATION_HEADROOM).min(CALIBRATION_CEILING).max(model_default), ThresholdSource::Calibrated)
-                }
+                Some(m) if m + CALIBRATION_HEADROOM > model_default => (
+                    (m + CALIBRATION_HEADROOM)
+                        .min(CALIBRATION_CEILING)
+                        .max(model_default),
+                    ThresholdSource::Calibrated,
+                ),
                 _ => (model_default, ThresholdSource::Model),
             },
         };
-        Gallery { people, threshold, threshold_source, margin }
+        Gallery {
+            people,
+            threshold,
+            threshold_source,
+            margin,
+        }
     }
 
     pub fn people(&self) -> &[GalleryPerson] {
@@ -103,7 +116,12 @@ impl Gallery {
     fn person_scores(&self, embedding: &[f32]) -> Vec<f32> {
         self.people
             .iter()
-            .map(|p| p.embeddings.iter().map(|e| cosine(e, embedding)).fold(-1.0, f32::max))
+            .map(|p| {
+                p.embeddings
+                    .iter()
+                    .map(|e| cosine(e, embedding))
+                    .fold(-1.0, f32::max)
+            })
             .collect()
     }
 
@@ -117,7 +135,12 @@ impl Gallery {
             let scores = self.person_scores(embedding);
             let best = (0..scores.len()).max_by(|&a, &b| scores[a].total_cmp(&scores[b]));
             let similarity = best.map_or(-1.0, |b| scores[b]);
-            let second = scores.iter().enumerate().filter(|(i, _)| Some(*i) != best).map(|(_, s)| *s).fold(-1.0, f32::max);
+            let second = scores
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| Some(*i) != best)
+                .map(|(_, s)| *s)
+                .fold(-1.0, f32::max);
             if let Some(b) = best
                 && similarity >= self.threshold
                 && similarity - second >= self.margin
@@ -154,32 +177,70 @@ mod tests {
     }
 
     fn person(id: &str, angles: &[f32]) -> GalleryPerson {
-        GalleryPerson { id: id.into(), name: id.into(), embeddings: angles.iter().map(|&a| unit(a)).collect() }
+        GalleryPerson {
+            id: id.into(),
+            name: id.into(),
+            embeddings: angles.iter().map(|&a| unit(a)).collect(),
+        }
     }
 
     #[test]
     fn threshold_is_raised_by_similar_enrolled_people_and_floored_by_the_model() {
         // cos(60 deg) = 0.5 between the two people: calibrated to 0.6.
-        let g = Gallery::new(vec![person("a", &[0.0]), person("b", &[60.0])], 0.3, None, 0.0);
+        let g = Gallery::new(
+            vec![person("a", &[0.0]), person("b", &[60.0])],
+            0.3,
+            None,
+            0.0,
+        );
         assert!((g.threshold() - 0.6).abs() < 1e-5);
         assert_eq!(g.threshold_source(), ThresholdSource::Calibrated);
         // Dissimilar people: the model default stands.
-        let g = Gallery::new(vec![person("a", &[0.0]), person("b", &[170.0])], 0.3, None, 0.0);
-        assert_eq!((g.threshold(), g.threshold_source()), (0.3, ThresholdSource::Model));
+        let g = Gallery::new(
+            vec![person("a", &[0.0]), person("b", &[170.0])],
+            0.3,
+            None,
+            0.0,
+        );
+        assert_eq!(
+            (g.threshold(), g.threshold_source()),
+            (0.3, ThresholdSource::Model)
+        );
         // Configured: taken as is.
-        let g = Gallery::new(vec![person("a", &[0.0]), person("b", &[10.0])], 0.3, Some(0.2), 0.0);
-        assert_eq!((g.threshold(), g.threshold_source()), (0.2, ThresholdSource::Fixed));
+        let g = Gallery::new(
+            vec![person("a", &[0.0]), person("b", &[10.0])],
+            0.3,
+            Some(0.2),
+            0.0,
+        );
+        assert_eq!(
+            (g.threshold(), g.threshold_source()),
+            (0.2, ThresholdSource::Fixed)
+        );
         // Near-identical people: capped.
-        let g = Gallery::new(vec![person("a", &[0.0]), person("b", &[1.0])], 0.3, None, 0.0);
+        let g = Gallery::new(
+            vec![person("a", &[0.0]), person("b", &[1.0])],
+            0.3,
+            None,
+            0.0,
+        );
         assert_eq!(g.threshold(), CALIBRATION_CEILING);
     }
 
     #[test]
     fn strangers_below_threshold_are_unknown_with_a_best_guess() {
-        let g = Gallery::new(vec![person("a", &[0.0, 5.0]), person("b", &[120.0])], 0.5, None, 0.0);
+        let g = Gallery::new(
+            vec![person("a", &[0.0, 5.0]), person("b", &[120.0])],
+            0.5,
+            None,
+            0.0,
+        );
         let d = g.identify(&[unit(3.0), unit(70.0)]);
         assert_eq!(d[0].person.as_deref(), Some("a"));
-        assert!((d[0].similarity - 1.0).abs() < 0.01, "best of a's two embeddings");
+        assert!(
+            (d[0].similarity - 1.0).abs() < 0.01,
+            "best of a's two embeddings"
+        );
         assert_eq!(d[1].person, None);
         assert_eq!(d[1].best_guess.as_deref(), Some("a"));
         assert!((d[1].second - 50f32.to_radians().cos()).abs() < 1e-5);
@@ -188,7 +249,12 @@ mod tests {
     #[test]
     fn ambiguous_faces_stay_unknown() {
         // Equidistant between a and b (both at cos 30 deg = 0.87 from the probe).
-        let g = Gallery::new(vec![person("a", &[0.0]), person("b", &[60.0])], 0.5, Some(0.5), 0.05);
+        let g = Gallery::new(
+            vec![person("a", &[0.0]), person("b", &[60.0])],
+            0.5,
+            Some(0.5),
+            0.05,
+        );
         let d = g.identify(&[unit(30.0)]);
         assert_eq!(d[0].person, None);
         assert!(d[0].similarity >= 0.5);
@@ -196,7 +262,12 @@ mod tests {
 
     #[test]
     fn one_person_is_given_to_one_face_per_frame() {
-        let g = Gallery::new(vec![person("a", &[0.0]), person("b", &[150.0])], 0.5, Some(0.5), 0.0);
+        let g = Gallery::new(
+            vec![person("a", &[0.0]), person("b", &[150.0])],
+            0.5,
+            Some(0.5),
+            0.0,
+        );
         let d = g.identify(&[unit(20.0), unit(5.0)]);
         assert_eq!(d[0].person, None, "the less similar face loses the claim");
         assert_eq!(d[1].person.as_deref(), Some("a"));
@@ -206,6 +277,13 @@ mod tests {
     fn an_empty_gallery_names_nobody() {
         let g = Gallery::new(vec![], 0.4, None, 0.05);
         let d = g.identify(&[unit(0.0)]);
-        assert_eq!((d[0].person.clone(), d[0].best_guess.clone(), d[0].similarity), (None, None, -1.0));
+        assert_eq!(
+            (
+                d[0].person.clone(),
+                d[0].best_guess.clone(),
+                d[0].similarity
+            ),
+            (None, None, -1.0)
+        );
     }
 }

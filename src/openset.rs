@@ -19,7 +19,10 @@ pub struct Split<K> {
 /// items enrol them, the rest are probes) and strangers (all items are probes); people with fewer items
 /// are strangers. Deterministic, so runs compare.
 pub fn split<K: Clone>(people: &BTreeMap<String, Vec<K>>, enrol: usize) -> Split<K> {
-    let mut out = Split { enrolled: BTreeMap::new(), probes: vec![] };
+    let mut out = Split {
+        enrolled: BTreeMap::new(),
+        probes: vec![],
+    };
     let mut candidates = 0;
     for (person, items) in people {
         let eligible = items.len() > enrol;
@@ -27,7 +30,11 @@ pub fn split<K: Clone>(people: &BTreeMap<String, Vec<K>>, enrol: usize) -> Split
         candidates += usize::from(eligible);
         if enrolled {
             out.enrolled.insert(person.clone(), items[..enrol].to_vec());
-            out.probes.extend(items[enrol..].iter().map(|k| (k.clone(), Some(person.clone()))));
+            out.probes.extend(
+                items[enrol..]
+                    .iter()
+                    .map(|k| (k.clone(), Some(person.clone()))),
+            );
         } else {
             out.probes.extend(items.iter().map(|k| (k.clone(), None)));
         }
@@ -50,7 +57,8 @@ pub struct OpenSetRates {
 
 /// Runs every probe embedding through `gallery` one face at a time.
 pub fn evaluate(gallery: &Gallery, probes: &[(Vec<f32>, Option<String>)]) -> OpenSetRates {
-    let (mut known, mut unknown, mut correct, mut wrong, mut accepted) = (0usize, 0usize, 0usize, 0usize, 0usize);
+    let (mut known, mut unknown, mut correct, mut wrong, mut accepted) =
+        (0usize, 0usize, 0usize, 0usize, 0usize);
     for (embedding, truth) in probes {
         let decision = gallery.identify(std::slice::from_ref(embedding)).remove(0);
         match (truth, decision.person) {
@@ -82,7 +90,11 @@ pub fn gallery_people(enrolled: &BTreeMap<String, Vec<Vec<f32>>>) -> Vec<Gallery
     enrolled
         .iter()
         .filter(|(_, e)| !e.is_empty())
-        .map(|(id, e)| GalleryPerson { id: id.clone(), name: id.clone(), embeddings: e.clone() })
+        .map(|(id, e)| GalleryPerson {
+            id: id.clone(),
+            name: id.clone(),
+            embeddings: e.clone(),
+        })
         .collect()
 }
 
@@ -92,16 +104,30 @@ mod tests {
 
     #[test]
     fn split_alternates_eligible_people_and_keeps_the_rest_as_strangers() {
-        let people: BTreeMap<String, Vec<u32>> =
-            [("a", vec![1, 2, 3]), ("b", vec![4, 5, 6]), ("c", vec![7]), ("d", vec![8, 9, 10, 11])]
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v))
-                .collect();
+        let people: BTreeMap<String, Vec<u32>> = [
+            ("a", vec![1, 2, 3]),
+            ("b", vec![4, 5, 6]),
+            ("c", vec![7]),
+            ("d", vec![8, 9, 10, 11]),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
         let s = split(&people, 2);
         assert_eq!(s.enrolled.keys().collect::<Vec<_>>(), vec!["a", "d"]);
         assert_eq!(s.enrolled["d"], vec![8, 9]);
-        let known: Vec<u32> = s.probes.iter().filter(|p| p.1.is_some()).map(|p| p.0).collect();
-        let strangers: Vec<u32> = s.probes.iter().filter(|p| p.1.is_none()).map(|p| p.0).collect();
+        let known: Vec<u32> = s
+            .probes
+            .iter()
+            .filter(|p| p.1.is_some())
+            .map(|p| p.0)
+            .collect();
+        let strangers: Vec<u32> = s
+            .probes
+            .iter()
+            .filter(|p| p.1.is_none())
+            .map(|p| p.0)
+            .collect();
         assert_eq!(known, vec![3, 10, 11]);
         assert_eq!(strangers, vec![4, 5, 6, 7]);
     }
@@ -109,20 +135,30 @@ mod tests {
     #[test]
     fn rates_count_right_wrong_and_accepted() {
         let people = vec![
-            GalleryPerson { id: "a".into(), name: "a".into(), embeddings: vec![vec![1.0, 0.0]] },
-            GalleryPerson { id: "b".into(), name: "b".into(), embeddings: vec![vec![0.0, 1.0]] },
+            GalleryPerson {
+                id: "a".into(),
+                name: "a".into(),
+                embeddings: vec![vec![1.0, 0.0]],
+            },
+            GalleryPerson {
+                id: "b".into(),
+                name: "b".into(),
+                embeddings: vec![vec![0.0, 1.0]],
+            },
         ];
         let g = Gallery::new(people, 0.5, Some(0.5), 0.0);
         let probes = vec![
-            (vec![1.0, 0.1], Some("a".to_string())), // right
-            (vec![0.1, 1.0], Some("a".to_string())), // wrong (named b)
+            (vec![1.0, 0.1], Some("a".to_string())),  // right
+            (vec![0.1, 1.0], Some("a".to_string())),  // wrong (named b)
             (vec![-1.0, 0.0], Some("b".to_string())), // missed
             (vec![0.9, 0.2], None),                   // stranger accepted
             (vec![-1.0, -1.0], None),                 // stranger rejected
         ];
         let r = evaluate(&g, &probes);
         assert_eq!((r.known_probes, r.unknown_probes), (3, 2));
-        assert!((r.known_correct - 1.0 / 3.0).abs() < 1e-9 && (r.known_wrong - 1.0 / 3.0).abs() < 1e-9);
+        assert!(
+            (r.known_correct - 1.0 / 3.0).abs() < 1e-9 && (r.known_wrong - 1.0 / 3.0).abs() < 1e-9
+        );
         assert_eq!(r.unknown_accepted, 0.5);
     }
 }

@@ -16,7 +16,10 @@ pub const STORE_VERSION: u32 = 1;
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{}: corrupt store ({reason})", path.display())]
     Corrupt { path: PathBuf, reason: String },
 }
@@ -78,32 +81,51 @@ pub fn load(state_dir: &Path) -> Result<Option<StoreData>, StoreError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(source) => return Err(StoreError::Io { path, source }),
     };
-    decode(&bytes).map(Some).map_err(|reason| StoreError::Corrupt { path, reason })
+    decode(&bytes)
+        .map(Some)
+        .map_err(|reason| StoreError::Corrupt { path, reason })
 }
 
 fn decode(bytes: &[u8]) -> Result<StoreData, String> {
-    let newline = bytes.iter().position(|&b| b == b'\n').ok_or("no header line")?;
+    let newline = bytes
+        .iter()
+        .position(|&b| b == b'\n')
+        .ok_or("no header line")?;
     let header = std::str::from_utf8(&bytes[..newline]).map_err(|_| "header is not text")?;
     let body = &bytes[newline + 1..];
     let mut fields = header.split(' ');
     if fields.next() != Some(MAGIC) {
         return Err("not a face-edge gallery store".into());
     }
-    let version: u32 = fields.next().and_then(|v| v.parse().ok()).ok_or("no version")?;
+    let version: u32 = fields
+        .next()
+        .and_then(|v| v.parse().ok())
+        .ok_or("no version")?;
     if version != STORE_VERSION {
-        return Err(format!("version {version}, this face-edge reads {STORE_VERSION}"));
+        return Err(format!(
+            "version {version}, this face-edge reads {STORE_VERSION}"
+        ));
     }
-    let expected = fields.next().and_then(|f| f.strip_prefix("sha256=")).ok_or("no checksum")?;
+    let expected = fields
+        .next()
+        .and_then(|f| f.strip_prefix("sha256="))
+        .ok_or("no checksum")?;
     let actual = crate::models::sha256_hex(body);
     if expected != actual {
-        return Err(format!("checksum mismatch (truncated or modified): header {expected}, content {actual}"));
+        return Err(format!(
+            "checksum mismatch (truncated or modified): header {expected}, content {actual}"
+        ));
     }
     serde_json::from_slice(body).map_err(|e| format!("content: {e}"))
 }
 
 fn encode(data: &StoreData) -> Vec<u8> {
     let body = serde_json::to_vec(data).expect("store serialises");
-    let mut out = format!("{MAGIC} {STORE_VERSION} sha256={}\n", crate::models::sha256_hex(&body)).into_bytes();
+    let mut out = format!(
+        "{MAGIC} {STORE_VERSION} sha256={}\n",
+        crate::models::sha256_hex(&body)
+    )
+    .into_bytes();
     out.extend_from_slice(&body);
     out
 }
@@ -119,12 +141,19 @@ pub fn save(state_dir: &Path, data: &StoreData) -> Result<(), StoreError> {
     let final_path = store_path(state_dir);
     let tmp = state_dir.join(format!(".{STORE_FILE}.tmp-{}", std::process::id()));
     let result = (|| {
-        let mut file =
-            OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).map_err(io(&tmp))?;
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io(&tmp))?;
         file.write_all(&encode(data)).map_err(io(&tmp))?;
         file.sync_all().map_err(io(&tmp))?;
         std::fs::rename(&tmp, &final_path).map_err(io(&final_path))?;
-        File::open(state_dir).and_then(|d| d.sync_all()).map_err(io(state_dir))
+        File::open(state_dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(state_dir))
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
@@ -136,10 +165,16 @@ pub fn save(state_dir: &Path, data: &StoreData) -> Result<(), StoreError> {
 /// Temporary files of writers that died mid-save would keep old embeddings on disk: remove them.
 fn remove_stale_temporaries(state_dir: &Path) {
     let prefix = format!(".{STORE_FILE}.tmp-");
-    let Ok(entries) = std::fs::read_dir(state_dir) else { return };
+    let Ok(entries) = std::fs::read_dir(state_dir) else {
+        return;
+    };
     for entry in entries.flatten() {
         let name = entry.file_name();
-        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix(&prefix)).and_then(|p| p.parse::<u32>().ok()) else {
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(&prefix))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
             continue;
         };
         if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
@@ -154,9 +189,21 @@ pub struct StoreLock(#[allow(dead_code)] File);
 
 pub fn lock(state_dir: &Path) -> Result<StoreLock, StoreError> {
     let path = state_dir.join(LOCK_FILE);
-    let io = |source| StoreError::Io { path: path.clone(), source };
-    std::fs::create_dir_all(state_dir).map_err(|source| StoreError::Io { path: state_dir.to_path_buf(), source })?;
-    let file = OpenOptions::new().write(true).create(true).truncate(false).mode(0o600).open(&path).map_err(io)?;
+    let io = |source| StoreError::Io {
+        path: path.clone(),
+        source,
+    };
+    std::fs::create_dir_all(state_dir).map_err(|source| StoreError::Io {
+        path: state_dir.to_path_buf(),
+        source,
+    })?;
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .map_err(io)?;
     file.lock().map_err(io)?;
     Ok(StoreLock(file))
 }
@@ -196,7 +243,11 @@ mod tests {
     fn round_trip_and_damage_detection() {
         let bytes = encode(&sample());
         assert_eq!(decode(&bytes).unwrap(), sample());
-        assert!(decode(&bytes[..bytes.len() - 5]).unwrap_err().contains("checksum"));
+        assert!(
+            decode(&bytes[..bytes.len() - 5])
+                .unwrap_err()
+                .contains("checksum")
+        );
         let mut flipped = bytes.clone();
         let last = flipped.len() - 3;
         flipped[last] ^= 1;

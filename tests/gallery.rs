@@ -11,7 +11,13 @@ use face_edge::store::{self, StoreData};
 use std::path::{Path, PathBuf};
 
 fn pipeline(embedder: &str) -> FacePipeline {
-    FacePipeline::load(&catalog(), "yunet-2023mar", &DetectSettings::default(), embedder).unwrap()
+    FacePipeline::load(
+        &catalog(),
+        "yunet-2023mar",
+        &DetectSettings::default(),
+        embedder,
+    )
+    .unwrap()
 }
 
 fn photo(rel: &str) -> PathBuf {
@@ -40,11 +46,26 @@ fn sources(root: &Path) -> Vec<PersonSource> {
 }
 
 fn do_sync(root: &Path, state: &Path, p: &mut FacePipeline) -> (StoreData, SyncReport) {
-    sync(&sources(root), p, EnrolPolicy::RejectAmbiguous, state, |_, _| {}).unwrap()
+    sync(
+        &sources(root),
+        p,
+        EnrolPolicy::RejectAmbiguous,
+        state,
+        |_, _| {},
+    )
+    .unwrap()
 }
 
 fn summary(data: &StoreData) -> Vec<(String, usize)> {
-    data.people.iter().map(|p| (p.id.clone(), p.images.iter().filter(|i| i.embedding.is_some()).count())).collect()
+    data.people
+        .iter()
+        .map(|p| {
+            (
+                p.id.clone(),
+                p.images.iter().filter(|i| i.embedding.is_some()).count(),
+            )
+        })
+        .collect()
 }
 
 fn owned(v: &[(&str, usize)]) -> Vec<(String, usize)> {
@@ -53,19 +74,30 @@ fn owned(v: &[(&str, usize)]) -> Vec<(String, usize)> {
 
 /// True when any file under `dir` contains `embedding` as stored text or as raw little-endian floats.
 fn state_dir_contains(dir: &Path, embedding: &[f32]) -> bool {
-    let text: Vec<String> = embedding[..4].iter().map(|v| serde_json::to_string(v).unwrap()).collect();
+    let text: Vec<String> = embedding[..4]
+        .iter()
+        .map(|v| serde_json::to_string(v).unwrap())
+        .collect();
     let text = text.join(",");
-    let raw: Vec<u8> = embedding[..4].iter().flat_map(|v| v.to_le_bytes()).collect();
+    let raw: Vec<u8> = embedding[..4]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
     walk(dir).iter().any(|f| {
         let bytes = std::fs::read(f).unwrap();
-        bytes.windows(text.len()).any(|w| w == text.as_bytes()) || bytes.windows(raw.len()).any(|w| w == raw)
+        bytes.windows(text.len()).any(|w| w == text.as_bytes())
+            || bytes.windows(raw.len()).any(|w| w == raw)
     })
 }
 
 fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut out = vec![];
     for e in std::fs::read_dir(dir).unwrap().flatten() {
-        if e.path().is_dir() { out.extend(walk(&e.path())) } else { out.push(e.path()) }
+        if e.path().is_dir() {
+            out.extend(walk(&e.path()))
+        } else {
+            out.push(e.path())
+        }
     }
     out
 }
@@ -74,47 +106,95 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 fn sync_recomputes_only_what_changed_and_forgets_what_left() {
     let tmp = TempDir::new("sync");
     let state = tmp.path("state");
-    let root = gallery_dir(&tmp, &[("biden", &["biden/biden.jpg", "biden/biden2.jpg"]), ("obama", &["obama/obama.jpg", "obama/obama2.jpg"]), ("rose_leslie", &["rose_leslie/img1.jpg"])]);
+    let root = gallery_dir(
+        &tmp,
+        &[
+            ("biden", &["biden/biden.jpg", "biden/biden2.jpg"]),
+            ("obama", &["obama/obama.jpg", "obama/obama2.jpg"]),
+            ("rose_leslie", &["rose_leslie/img1.jpg"]),
+        ],
+    );
     let mut p = pipeline("mobilefacenet");
 
     let (data, r) = do_sync(&root, &state, &mut p);
     assert_eq!((r.computed, r.reused, r.written), (5, 0, true));
-    assert_eq!(summary(&data), owned(&[("biden", 2), ("obama", 2), ("rose_leslie", 1)]));
+    assert_eq!(
+        summary(&data),
+        owned(&[("biden", 2), ("obama", 2), ("rose_leslie", 1)])
+    );
 
     let (_, r) = do_sync(&root, &state, &mut p);
-    assert_eq!((r.computed, r.reused, r.written), (0, 5, false), "nothing changed");
+    assert_eq!(
+        (r.computed, r.reused, r.written),
+        (0, 5, false),
+        "nothing changed"
+    );
 
     // Add an image.
-    std::fs::copy(photo("rose_leslie/img2.jpg"), root.join("rose_leslie/img2.jpg")).unwrap();
+    std::fs::copy(
+        photo("rose_leslie/img2.jpg"),
+        root.join("rose_leslie/img2.jpg"),
+    )
+    .unwrap();
     let (data, r) = do_sync(&root, &state, &mut p);
     assert_eq!((r.computed, r.reused), (1, 5));
     assert_eq!(summary(&data)[2], ("rose_leslie".to_string(), 2));
 
     // Remove an image: its embedding leaves the state directory.
-    let obama2 = data.people[1].images.iter().find(|i| i.path.ends_with("obama_obama2.jpg")).unwrap().embedding.clone().unwrap();
+    let obama2 = data.people[1]
+        .images
+        .iter()
+        .find(|i| i.path.ends_with("obama_obama2.jpg"))
+        .unwrap()
+        .embedding
+        .clone()
+        .unwrap();
     std::fs::remove_file(root.join("obama/obama_obama2.jpg")).unwrap();
     let (data, r) = do_sync(&root, &state, &mut p);
     assert_eq!((r.computed, r.removed_images), (0, 1));
     assert_eq!(summary(&data)[1], ("obama".to_string(), 1));
-    assert!(!state_dir_contains(&state, &obama2), "removed image's embedding erased");
+    assert!(
+        !state_dir_contains(&state, &obama2),
+        "removed image's embedding erased"
+    );
 
     // Rename a person: same photos, no new embeddings.
     std::fs::rename(root.join("biden"), root.join("joe_biden")).unwrap();
     let (data, r) = do_sync(&root, &state, &mut p);
-    assert_eq!((r.computed, r.removed_people.clone()), (0, vec!["biden".to_string()]));
-    assert_eq!(summary(&data), owned(&[("joe_biden", 2), ("obama", 1), ("rose_leslie", 2)]));
+    assert_eq!(
+        (r.computed, r.removed_people.clone()),
+        (0, vec!["biden".to_string()])
+    );
+    assert_eq!(
+        summary(&data),
+        owned(&[("joe_biden", 2), ("obama", 1), ("rose_leslie", 2)])
+    );
 
     // Remove a person: every one of their embeddings is gone from every file.
-    let rose: Vec<Vec<f32>> = data.people[2].images.iter().map(|i| i.embedding.clone().unwrap()).collect();
-    assert!(state_dir_contains(&state, &rose[0]), "the search does find stored vectors");
+    let rose: Vec<Vec<f32>> = data.people[2]
+        .images
+        .iter()
+        .map(|i| i.embedding.clone().unwrap())
+        .collect();
+    assert!(
+        state_dir_contains(&state, &rose[0]),
+        "the search does find stored vectors"
+    );
     std::fs::remove_dir_all(root.join("rose_leslie")).unwrap();
     let (data, r) = do_sync(&root, &state, &mut p);
     assert_eq!(r.removed_people, vec!["rose_leslie".to_string()]);
     assert_eq!(summary(&data), owned(&[("joe_biden", 2), ("obama", 1)]));
     for e in &rose {
-        assert!(!state_dir_contains(&state, e), "removed person's embedding erased");
+        assert!(
+            !state_dir_contains(&state, e),
+            "removed person's embedding erased"
+        );
     }
-    assert_eq!(store::load(&state).unwrap().unwrap(), data, "what sync returns is what is stored");
+    assert_eq!(
+        store::load(&state).unwrap().unwrap(),
+        data,
+        "what sync returns is what is stored"
+    );
 
     // Switch the embedder: the store is rebuilt, never mixed.
     let mut standin = pipeline("japanese-face-v1-standin");
@@ -122,27 +202,57 @@ fn sync_recomputes_only_what_changed_and_forgets_what_left() {
     assert_eq!(r.computed, 3);
     assert!(r.rebuilt.as_deref().unwrap().contains("other models"));
     assert_eq!(data.key.embedder, "japanese-face-v1-standin");
-    assert!(data.people.iter().flat_map(|p| &p.images).all(|i| i.embedding.as_ref().unwrap().len() == 512));
+    assert!(
+        data.people
+            .iter()
+            .flat_map(|p| &p.images)
+            .all(|i| i.embedding.as_ref().unwrap().len() == 512)
+    );
 
-    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(store::store_path(&state)).unwrap().permissions());
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(store::store_path(&state))
+            .unwrap()
+            .permissions(),
+    );
     assert_eq!(mode & 0o777, 0o600);
-    assert_eq!(walk(&state).len(), 2, "only the store and its lock remain: {:?}", walk(&state));
+    assert_eq!(
+        walk(&state).len(),
+        2,
+        "only the store and its lock remain: {:?}",
+        walk(&state)
+    );
 }
 
 #[test]
 fn a_corrupt_store_is_rebuilt_from_the_images() {
     let tmp = TempDir::new("corrupt");
     let state = tmp.path("state");
-    let root = gallery_dir(&tmp, &[("obama", &["obama/obama.jpg"]), ("biden", &["biden/biden.jpg"])]);
+    let root = gallery_dir(
+        &tmp,
+        &[
+            ("obama", &["obama/obama.jpg"]),
+            ("biden", &["biden/biden.jpg"]),
+        ],
+    );
     let mut p = pipeline("mobilefacenet");
     let (good, _) = do_sync(&root, &state, &mut p);
     let path = store::store_path(&state);
     let bytes = std::fs::read(&path).unwrap();
-    for damage in [bytes[..bytes.len() / 2].to_vec(), b"garbage".to_vec(), Vec::new()] {
+    for damage in [
+        bytes[..bytes.len() / 2].to_vec(),
+        b"garbage".to_vec(),
+        Vec::new(),
+    ] {
         std::fs::write(&path, &damage).unwrap();
-        assert!(matches!(store::load(&state), Err(store::StoreError::Corrupt { .. })));
+        assert!(matches!(
+            store::load(&state),
+            Err(store::StoreError::Corrupt { .. })
+        ));
         let (data, r) = do_sync(&root, &state, &mut p);
-        assert!(r.rebuilt.as_deref().unwrap().starts_with("corrupt"), "{r:?}");
+        assert!(
+            r.rebuilt.as_deref().unwrap().starts_with("corrupt"),
+            "{r:?}"
+        );
         assert_eq!(r.computed, 2);
         assert_eq!(data, good);
         assert_eq!(store::load(&state).unwrap().unwrap(), good);
@@ -155,17 +265,49 @@ fn ambiguous_enrolment_photos_are_rejected_unless_the_policy_says_largest() {
     let state = tmp.path("state");
     let root = tmp.path("gallery");
     std::fs::create_dir_all(root.join("obama")).unwrap();
-    std::fs::copy(data("photos/probes/two_people.jpg"), root.join("obama/two.jpg")).unwrap();
+    std::fs::copy(
+        data("photos/probes/two_people.jpg"),
+        root.join("obama/two.jpg"),
+    )
+    .unwrap();
     std::fs::copy(data("photos/probes/obama1.jpg"), root.join("obama/one.jpg")).unwrap();
     std::fs::write(root.join("obama/broken.jpg"), b"not a photo").unwrap();
     let mut p = pipeline("mobilefacenet");
-    let (data, r) = sync(&sources(&root), &mut p, EnrolPolicy::RejectAmbiguous, &state, |_, _| {}).unwrap();
+    let (data, r) = sync(
+        &sources(&root),
+        &mut p,
+        EnrolPolicy::RejectAmbiguous,
+        &state,
+        |_, _| {},
+    )
+    .unwrap();
     assert_eq!(summary(&data), owned(&[("obama", 1)]));
-    let reasons: Vec<String> = r.rejected.iter().map(|(_, path, why)| format!("{path}: {why}")).collect();
+    let reasons: Vec<String> = r
+        .rejected
+        .iter()
+        .map(|(_, path, why)| format!("{path}: {why}"))
+        .collect();
     assert_eq!(reasons.len(), 2, "{reasons:?}");
-    assert!(reasons.iter().any(|r| r.contains("two.jpg") && r.contains("faces of similar size")), "{reasons:?}");
-    assert!(reasons.iter().any(|r| r.contains("broken.jpg") && r.contains("not a JPEG")), "{reasons:?}");
-    let (data, _) = sync(&sources(&root), &mut p, EnrolPolicy::Largest, &state, |_, _| {}).unwrap();
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("two.jpg") && r.contains("faces of similar size")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("broken.jpg") && r.contains("not a JPEG")),
+        "{reasons:?}"
+    );
+    let (data, _) = sync(
+        &sources(&root),
+        &mut p,
+        EnrolPolicy::Largest,
+        &state,
+        |_, _| {},
+    )
+    .unwrap();
     assert_eq!(summary(&data), owned(&[("obama", 2)]));
 }
 
@@ -177,7 +319,10 @@ fn labels() -> Vec<(String, Vec<String>)> {
         .filter(|l| !l.starts_with('#') && !l.starts_with("probe,"))
         .map(|l| {
             let (file, expected) = l.split_once(',').unwrap();
-            (file.to_string(), expected.split(';').map(str::to_string).collect())
+            (
+                file.to_string(),
+                expected.split(';').map(str::to_string).collect(),
+            )
         })
         .collect()
 }
@@ -186,28 +331,56 @@ fn labels() -> Vec<(String, Vec<String>)> {
 fn identify_names_every_probe_face_as_labelled() {
     let tmp = TempDir::new("identify");
     let (code, stdout, stderr) = run(face_edge()
-        .args(["identify", "--json", "--model", "mobilefacenet", "--gallery"])
+        .args([
+            "identify",
+            "--json",
+            "--model",
+            "mobilefacenet",
+            "--gallery",
+        ])
         .arg(data("photos/gallery"))
         .arg("--state-dir")
         .arg(tmp.path("state"))
         .arg(data("photos/probes")));
     assert_eq!(code, 0, "{stderr}");
-    let results: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let results: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     let labels = labels();
     assert_eq!(results.len(), labels.len());
     for (file, expected) in labels {
-        let r = results.iter().find(|r| r["path"].as_str().unwrap().ends_with(&format!("/{file}"))).unwrap();
+        let r = results
+            .iter()
+            .find(|r| r["path"].as_str().unwrap().ends_with(&format!("/{file}")))
+            .unwrap();
         assert!(r["error"].is_null());
         let faces = r["faces"].as_array().unwrap();
-        let got: Vec<String> = faces.iter().map(|f| f["person"].as_str().unwrap_or("unknown").to_string()).collect();
+        let got: Vec<String> = faces
+            .iter()
+            .map(|f| f["person"].as_str().unwrap_or("unknown").to_string())
+            .collect();
         assert_eq!(got, expected, "{file}: {r}");
-        let lefts: Vec<f64> = faces.iter().map(|f| f["box"][0].as_f64().unwrap()).collect();
-        assert!(lefts.windows(2).all(|w| w[0] <= w[1]), "ordered by left edge: {file}");
+        let lefts: Vec<f64> = faces
+            .iter()
+            .map(|f| f["box"][0].as_f64().unwrap())
+            .collect();
+        assert!(
+            lefts.windows(2).all(|w| w[0] <= w[1]),
+            "ordered by left edge: {file}"
+        );
         for f in faces {
-            let (s, second, t) = (f["similarity"].as_f64().unwrap(), f["second"].as_f64().unwrap(), f["threshold"].as_f64().unwrap());
+            let (s, second, t) = (
+                f["similarity"].as_f64().unwrap(),
+                f["second"].as_f64().unwrap(),
+                f["threshold"].as_f64().unwrap(),
+            );
             assert!(s >= second);
             if f["person"].is_string() {
-                assert!(s >= t && s - second >= 0.05 - 1e-6, "named only above threshold and margin: {f}");
+                assert!(
+                    s >= t && s - second >= 0.05 - 1e-6,
+                    "named only above threshold and margin: {f}"
+                );
             }
             assert!(f["score"].as_f64().unwrap() >= 0.7);
         }
@@ -218,7 +391,13 @@ fn identify_names_every_probe_face_as_labelled() {
 fn concurrent_syncs_leave_one_valid_store() {
     let tmp = TempDir::new("concurrent");
     let state = tmp.path("state");
-    let root = gallery_dir(&tmp, &[("obama", &["obama/obama.jpg", "obama/obama2.jpg"]), ("biden", &["biden/biden.jpg", "biden/biden2.jpg"])]);
+    let root = gallery_dir(
+        &tmp,
+        &[
+            ("obama", &["obama/obama.jpg", "obama/obama2.jpg"]),
+            ("biden", &["biden/biden.jpg", "biden/biden2.jpg"]),
+        ],
+    );
     let children: Vec<_> = (0..4)
         .map(|_| {
             face_edge()
@@ -235,14 +414,34 @@ fn concurrent_syncs_leave_one_valid_store() {
     let mut embedded = 0;
     for child in children {
         let out = child.wait_with_output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let text = String::from_utf8(out.stdout).unwrap();
-        embedded += text.split(" embedded").next().unwrap().rsplit(' ').next().unwrap().parse::<usize>().unwrap();
+        embedded += text
+            .split(" embedded")
+            .next()
+            .unwrap()
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .parse::<usize>()
+            .unwrap();
     }
-    assert_eq!(embedded, 4, "the lock serialises syncs: the photos are embedded once in all");
+    assert_eq!(
+        embedded, 4,
+        "the lock serialises syncs: the photos are embedded once in all"
+    );
     let data = store::load(&state).unwrap().unwrap();
     assert_eq!(summary(&data), owned(&[("biden", 2), ("obama", 2)]));
-    assert_eq!(walk(&state).len(), 2, "no temporary files left: {:?}", walk(&state));
+    assert_eq!(
+        walk(&state).len(),
+        2,
+        "no temporary files left: {:?}",
+        walk(&state)
+    );
 }
 
 #[test]
@@ -250,32 +449,55 @@ fn config_errors_name_the_file_and_key() {
     let tmp = TempDir::new("config");
     let path = tmp.path("face-edge.toml");
     std::fs::write(&path, "[gallery]\nthreshold = \"auto\"\nmargn = 0.1\n").unwrap();
-    let (code, _, stderr) = run(face_edge().args(["gallery", "check", "--config"]).arg(&path));
+    let (code, _, stderr) = run(face_edge()
+        .args(["gallery", "check", "--config"])
+        .arg(&path));
     assert_eq!(code, 78);
-    assert!(stderr.contains("face-edge.toml") && stderr.contains("margn"), "{stderr}");
+    assert!(
+        stderr.contains("face-edge.toml") && stderr.contains("margn"),
+        "{stderr}"
+    );
 
     std::fs::write(&path, format!("state_dir = \"state\"\n[models]\nembedder = \"mobilefacenet\"\n[[person]]\nid = \"obama\"\nname = \"Barack Obama\"\nimages = [\"{}/*.jpg\"]\n[[person]]\nid = \"nobody\"\nimages = [\"missing/*.jpg\"]\n", photo("obama").display())).unwrap();
-    let (code, stdout, _) = run(face_edge().args(["gallery", "check", "--config"]).arg(&path));
+    let (code, stdout, _) = run(face_edge()
+        .args(["gallery", "check", "--config"])
+        .arg(&path));
     assert_eq!(code, 1, "a person without photos is a problem: {stdout}");
-    assert!(stdout.contains("person \"nobody\": ") && stdout.contains("no image matches"), "{stdout}");
+    assert!(
+        stdout.contains("person \"nobody\": ") && stdout.contains("no image matches"),
+        "{stdout}"
+    );
     let (code, _, stderr) = run(face_edge().args(["gallery", "sync", "--config"]).arg(&path));
     assert_eq!(code, 0, "{stderr}");
     let (code, stdout, _) = run(face_edge().args(["gallery", "list", "--config"]).arg(&path));
     assert_eq!(code, 0);
-    assert!(stdout.contains("Barack Obama") && stdout.contains("model: mobilefacenet"), "{stdout}");
-    assert!(tmp.path("state/gallery.json").exists(), "state_dir relative to the config file");
+    assert!(
+        stdout.contains("Barack Obama") && stdout.contains("model: mobilefacenet"),
+        "{stdout}"
+    );
+    assert!(
+        tmp.path("state/gallery.json").exists(),
+        "state_dir relative to the config file"
+    );
 }
 
 #[test]
 fn open_set_eval_shows_calibration_trading_strangers_for_misses() {
     // A slice of LFW (the first 150 people by name), linked into a temporary folder.
     let tmp = TempDir::new("eval");
-    let mut names: Vec<PathBuf> = std::fs::read_dir(data("lfw")).unwrap().flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect();
+    let mut names: Vec<PathBuf> = std::fs::read_dir(data("lfw"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
     names.sort();
     for p in names.iter().take(150) {
         std::os::unix::fs::symlink(p, tmp.path(&p.file_name().unwrap().to_string_lossy())).unwrap();
     }
-    let (code, stdout, stderr) = run(face_edge().args(["eval", "--json", "--model", "mobilefacenet"]).arg(&tmp.0));
+    let (code, stdout, stderr) = run(face_edge()
+        .args(["eval", "--json", "--model", "mobilefacenet"])
+        .arg(&tmp.0));
     assert_eq!(code, 0, "{stderr}");
     let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
     let (cal, fixed) = (&v["calibrated"], &v["fixed"]);
@@ -286,7 +508,10 @@ fn open_set_eval_shows_calibration_trading_strangers_for_misses() {
     assert!((f(fixed, "threshold") - 0.264).abs() < 1e-6);
     assert!(f(cal, "threshold") >= f(fixed, "threshold"));
     assert!(f(cal, "unknown_accepted") <= f(fixed, "unknown_accepted"));
-    assert!(f(fixed, "known_correct") >= 0.9, "real embeddings recognise enrolled people");
+    assert!(
+        f(fixed, "known_correct") >= 0.9,
+        "real embeddings recognise enrolled people"
+    );
     for r in [cal, fixed] {
         for k in ["known_correct", "known_wrong", "unknown_accepted"] {
             assert!((0.0..=1.0).contains(&f(r, k)));

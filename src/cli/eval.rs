@@ -38,10 +38,20 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
     let (_, mut pipeline) = args.models.pipeline(&Config::default(), &args.embedder)?;
     let mut people: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
     for path in expand_inputs(std::slice::from_ref(&args.dir)) {
-        let person = path.parent().and_then(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned());
-        people.entry(person.unwrap_or_default()).or_default().push(path);
+        let person = path
+            .parent()
+            .and_then(|p| p.file_name())
+            .map(|n| n.to_string_lossy().into_owned());
+        people
+            .entry(person.unwrap_or_default())
+            .or_default()
+            .push(path);
     }
-    anyhow::ensure!(!people.is_empty(), "{}: no photos found", args.dir.display());
+    anyhow::ensure!(
+        !people.is_empty(),
+        "{}: no photos found",
+        args.dir.display()
+    );
 
     // Embed every photo's main face once; photos without a face drop out of the protocol.
     let total = people.values().map(Vec::len).sum();
@@ -49,12 +59,17 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
     let mut embedded: BTreeMap<String, Vec<Vec<f32>>> = BTreeMap::new();
     for (person, paths) in &people {
         for path in paths {
-            let result = load_rgb(path)
-                .map_err(|e| e.to_string())
-                .and_then(|img| pipeline.embed_faces(&img, FaceSelection::Main).map_err(|e| format!("{}: {e}", path.display())));
+            let result = load_rgb(path).map_err(|e| e.to_string()).and_then(|img| {
+                pipeline
+                    .embed_faces(&img, FaceSelection::Main)
+                    .map_err(|e| format!("{}: {e}", path.display()))
+            });
             progress.step(result.is_ok());
             match result {
-                Ok(mut faces) => embedded.entry(person.clone()).or_default().push(faces.remove(0).embedding),
+                Ok(mut faces) => embedded
+                    .entry(person.clone())
+                    .or_default()
+                    .push(faces.remove(0).embedding),
                 Err(e) => log::warn!("{e}"),
             }
         }
@@ -88,8 +103,14 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
             rc.unknown_probes,
             progress.failed()
         );
-        println!("{:<34} {:>9} {:>14} {:>12} {:>17}", "threshold", "value", "known correct", "known wrong", "stranger accepted");
-        for (label, r) in [(format!("gallery-calibrated ({source})"), rc), ("model default (fixed)".to_string(), rf)] {
+        println!(
+            "{:<34} {:>9} {:>14} {:>12} {:>17}",
+            "threshold", "value", "known correct", "known wrong", "stranger accepted"
+        );
+        for (label, r) in [
+            (format!("gallery-calibrated ({source})"), rc),
+            ("model default (fixed)".to_string(), rf),
+        ] {
             println!(
                 "{label:<34} {:>9.3} {:>13.1}% {:>11.1}% {:>16.1}%",
                 r.threshold,

@@ -42,7 +42,11 @@ impl GalleryOptions {
         };
         let mut config = match path {
             Some(p) => Config::load(&p).with_context(|| {
-                if self.config.is_none() { "no --config or --gallery given, so the default config was tried".into() } else { String::new() }
+                if self.config.is_none() {
+                    "no --config or --gallery given, so the default config was tried".into()
+                } else {
+                    String::new()
+                }
             })?,
             None => Config::default(),
         };
@@ -75,12 +79,18 @@ pub fn open_gallery(options: &GalleryOptions) -> anyhow::Result<OpenGallery> {
     }
     let started = std::time::Instant::now();
     let mut last = started;
-    let (data, report) = sync(&sources.people, &mut pipeline, config.gallery.enrol_policy, &config.state_dir, |done, total| {
-        if last.elapsed().as_secs() >= 1 {
-            last = std::time::Instant::now();
-            eprintln!("face-edge gallery: enrolled {done}/{total} images");
-        }
-    })?;
+    let (data, report) = sync(
+        &sources.people,
+        &mut pipeline,
+        config.gallery.enrol_policy,
+        &config.state_dir,
+        |done, total| {
+            if last.elapsed().as_secs() >= 1 {
+                last = std::time::Instant::now();
+                eprintln!("face-edge gallery: enrolled {done}/{total} images");
+            }
+        },
+    )?;
     for (person, path, reason) in &report.rejected {
         log::warn!("{path}: not enrolled for {person}: {reason}");
     }
@@ -88,7 +98,13 @@ pub fn open_gallery(options: &GalleryOptions) -> anyhow::Result<OpenGallery> {
         log::info!("gallery store rebuilt: {why}");
     }
     let gallery = gallery_from_store(&data, pipeline.embedder.spec().output.threshold, &config);
-    Ok(OpenGallery { config, pipeline, data, report, gallery })
+    Ok(OpenGallery {
+        config,
+        pipeline,
+        data,
+        report,
+        gallery,
+    })
 }
 
 #[derive(Args)]
@@ -127,13 +143,20 @@ fn run_sync(options: &GalleryOptions) -> anyhow::Result<ExitCode> {
         r.rejected.len()
     );
     if !r.removed_people.is_empty() || r.removed_images > 0 {
-        println!("forgotten: people [{}], {} images of remaining people", r.removed_people.join(", "), r.removed_images);
+        println!(
+            "forgotten: people [{}], {} images of remaining people",
+            r.removed_people.join(", "),
+            r.removed_images
+        );
     }
     if let Some(why) = &r.rebuilt {
         println!("store rebuilt: {why}");
     }
     let state = if r.written { "written" } else { "unchanged" };
-    println!("store {state}: {}", store_path(&g.config.state_dir).display());
+    println!(
+        "store {state}: {}",
+        store_path(&g.config.state_dir).display()
+    );
     print_threshold(&g.gallery);
     Ok(ExitCode::SUCCESS)
 }
@@ -144,32 +167,58 @@ fn print_threshold(gallery: &Gallery) {
         ThresholdSource::Model => "model default; the gallery's people are dissimilar enough",
         ThresholdSource::Calibrated => "calibrated from the gallery",
     };
-    println!("threshold {:.3} ({how}), margin {:.3}", gallery.threshold(), gallery.margin());
+    println!(
+        "threshold {:.3} ({how}), margin {:.3}",
+        gallery.threshold(),
+        gallery.margin()
+    );
 }
 
 fn run_list(options: &GalleryOptions) -> anyhow::Result<ExitCode> {
     let config = options.config()?;
     let Some(data) = store::load(&config.state_dir)? else {
-        anyhow::bail!("{}: no gallery store yet; run `face-edge gallery sync`", store_path(&config.state_dir).display());
+        anyhow::bail!(
+            "{}: no gallery store yet; run `face-edge gallery sync`",
+            store_path(&config.state_dir).display()
+        );
     };
     let catalog = options.models.catalog(&config)?;
     let embedder = catalog.get_role(&data.key.embedder, Role::Embedder)?;
     let default = embedder.embedder_spec().map_or(0.0, |e| e.output.threshold);
     let gallery = gallery_from_store(&data, default, &config);
     println!("store: {}", store_path(&config.state_dir).display());
-    println!("model: {} (weights sha256 {}), detector {}", data.key.embedder, data.key.weights_sha256, data.key.detector);
+    println!(
+        "model: {} (weights sha256 {}), detector {}",
+        data.key.embedder, data.key.weights_sha256, data.key.detector
+    );
     let configured = options.embedder.id(&config);
     if configured != data.key.embedder {
-        println!("note: the configuration now names embedder {configured}; run `face-edge gallery sync`");
+        println!(
+            "note: the configuration now names embedder {configured}; run `face-edge gallery sync`"
+        );
     }
-    println!("{:<24} {:<24} {:>6} {:>8}", "id", "name", "images", "rejected");
+    println!(
+        "{:<24} {:<24} {:>6} {:>8}",
+        "id", "name", "images", "rejected"
+    );
     for p in &data.people {
         let rejected = p.images.iter().filter(|i| i.rejected.is_some()).count();
-        println!("{:<24} {:<24} {:>6} {:>8}", p.id, p.name, p.images.len() - rejected, rejected);
+        println!(
+            "{:<24} {:<24} {:>6} {:>8}",
+            p.id,
+            p.name,
+            p.images.len() - rejected,
+            rejected
+        );
     }
     for p in &data.people {
         for i in p.images.iter().filter(|i| i.rejected.is_some()) {
-            println!("rejected: {} ({}): {}", i.path, p.id, i.rejected.as_deref().unwrap_or_default());
+            println!(
+                "rejected: {} ({}): {}",
+                i.path,
+                p.id,
+                i.rejected.as_deref().unwrap_or_default()
+            );
         }
     }
     if let Some(m) = max_impostor_similarity(gallery.people()) {
@@ -192,8 +241,14 @@ fn run_check(options: &GalleryOptions) -> anyhow::Result<ExitCode> {
     }
     let catalog = options.models.catalog(&config)?;
     let mut hashes = Vec::new();
-    for (id, role) in [(options.models.detector_id(&config), Role::Detector), (options.embedder.id(&config), Role::Embedder)] {
-        match catalog.get_role(id, role).and_then(|m| catalog.read_verified(m)) {
+    for (id, role) in [
+        (options.models.detector_id(&config), Role::Detector),
+        (options.embedder.id(&config), Role::Embedder),
+    ] {
+        match catalog
+            .get_role(id, role)
+            .and_then(|m| catalog.read_verified(m))
+        {
             Ok(w) => {
                 println!("model {id}: ok");
                 hashes.push(w.sha256);
@@ -215,20 +270,41 @@ fn run_check(options: &GalleryOptions) -> anyhow::Result<ExitCode> {
             println!("store: {e}");
         }
         Ok(Some(data)) => {
-            let stale_model = hashes.len() == 2 && (data.key.weights_sha256 != hashes[1] || data.key.detector_sha256 != hashes[0]);
-            let stored: HashSet<&str> = data.people.iter().flat_map(|p| &p.images).map(|i| i.path.as_str()).collect();
-            let wanted: HashSet<String> =
-                sources.people.iter().flat_map(|p| &p.images).map(|i| i.display().to_string()).collect();
-            let new = wanted.iter().filter(|p| !stored.contains(p.as_str())).count();
+            let stale_model = hashes.len() == 2
+                && (data.key.weights_sha256 != hashes[1] || data.key.detector_sha256 != hashes[0]);
+            let stored: HashSet<&str> = data
+                .people
+                .iter()
+                .flat_map(|p| &p.images)
+                .map(|i| i.path.as_str())
+                .collect();
+            let wanted: HashSet<String> = sources
+                .people
+                .iter()
+                .flat_map(|p| &p.images)
+                .map(|i| i.display().to_string())
+                .collect();
+            let new = wanted
+                .iter()
+                .filter(|p| !stored.contains(p.as_str()))
+                .count();
             let gone = stored.iter().filter(|p| !wanted.contains(**p)).count();
             if stale_model {
                 println!("store: made with other models; the next sync rebuilds it");
             } else if new + gone > 0 {
-                println!("store: out of date ({new} images to add, {gone} to forget); run `face-edge gallery sync`");
+                println!(
+                    "store: out of date ({new} images to add, {gone} to forget); run `face-edge gallery sync`"
+                );
             } else {
-                println!("store: up to date with the configured photos (content changes are found by sync)");
+                println!(
+                    "store: up to date with the configured photos (content changes are found by sync)"
+                );
             }
         }
     }
-    Ok(if problems == 0 { ExitCode::SUCCESS } else { ExitCode::from(EXIT_PARTIAL) })
+    Ok(if problems == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_PARTIAL)
+    })
 }

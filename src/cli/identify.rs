@@ -46,7 +46,11 @@ pub fn run(args: IdentifyArgs) -> anyhow::Result<ExitCode> {
     let mut progress = Progress::new("identify", inputs.len());
     for path in &inputs {
         let result = load_rgb(path).map_err(|e| e.to_string()).and_then(|img| {
-            let mut faces = g.pipeline.detector.detect(&img).map_err(|e| format!("{}: {e}", path.display()))?;
+            let mut faces = g
+                .pipeline
+                .detector
+                .detect(&img)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
             faces.sort_by(|a, b| a.bbox[0].total_cmp(&b.bbox[0]));
             let embeddings = faces
                 .iter()
@@ -70,7 +74,11 @@ pub fn run(args: IdentifyArgs) -> anyhow::Result<ExitCode> {
         progress.step(result.is_ok());
         let display = path.display().to_string();
         match result {
-            Ok(faces) if args.json => print_json_line(&ImageIdentities { path: display, faces, error: None }),
+            Ok(faces) if args.json => print_json_line(&ImageIdentities {
+                path: display,
+                faces,
+                error: None,
+            }),
             Ok(faces) => {
                 let names: Vec<String> = faces
                     .iter()
@@ -79,12 +87,23 @@ pub fn run(args: IdentifyArgs) -> anyhow::Result<ExitCode> {
                         None => format!("unknown (best {:.2})", f.similarity),
                     })
                     .collect();
-                println!("{display}: {}", if names.is_empty() { "no face".to_string() } else { names.join(", ") });
+                println!(
+                    "{display}: {}",
+                    if names.is_empty() {
+                        "no face".to_string()
+                    } else {
+                        names.join(", ")
+                    }
+                );
             }
             Err(e) => {
                 eprintln!("face-edge: error: {e}");
                 if args.json {
-                    print_json_line(&ImageIdentities { path: display, faces: vec![], error: Some(e) });
+                    print_json_line(&ImageIdentities {
+                        path: display,
+                        faces: vec![],
+                        error: Some(e),
+                    });
                 }
             }
         }

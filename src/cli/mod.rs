@@ -76,7 +76,10 @@ pub struct ModelOptions {
 
 impl ModelOptions {
     pub fn catalog(&self, config: &Config) -> anyhow::Result<Catalog> {
-        Ok(Catalog::load(&Catalog::resolve_dir(self.models_dir.as_deref(), config.models.dir.as_deref()))?)
+        Ok(Catalog::load(&Catalog::resolve_dir(
+            self.models_dir.as_deref(),
+            config.models.dir.as_deref(),
+        ))?)
     }
 
     pub fn detector_id<'a>(&'a self, config: &'a Config) -> &'a str {
@@ -90,11 +93,18 @@ impl ModelOptions {
         {
             anyhow::bail!("--score-threshold {t} is outside 0..1");
         }
-        Ok(DetectSettings { score_threshold, max_side: self.max_side.unwrap_or(config.detection.max_side) })
+        Ok(DetectSettings {
+            score_threshold,
+            max_side: self.max_side.unwrap_or(config.detection.max_side),
+        })
     }
 
     /// Loads the detector and `embedder` with these options over `config`.
-    pub fn pipeline(&self, config: &Config, embedder: &EmbedderOption) -> anyhow::Result<(Catalog, FacePipeline)> {
+    pub fn pipeline(
+        &self,
+        config: &Config,
+        embedder: &EmbedderOption,
+    ) -> anyhow::Result<(Catalog, FacePipeline)> {
         let catalog = self.catalog(config)?;
         let pipeline = FacePipeline::load(
             &catalog,
