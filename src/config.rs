@@ -42,6 +42,79 @@ pub struct Config {
     /// Directory holding the store and other state (systemd's StateDirectory).
     #[serde(default = "default_state_dir")]
     pub state_dir: PathBuf,
+    /// The broker; without this section events are printed on stdout.
+    #[serde(default)]
+    pub mqtt: Option<MqttConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttConfig {
+    /// `mqtt://host[:1883]` or `mqtts://host[:8883]`.
+    pub url: String,
+    /// Topic segment naming this device: `face-edge/<node_id>/...` [default: the host name as a slug].
+    #[serde(default)]
+    pub node_id: Option<String>,
+    /// [default: face-edge-<node_id>]
+    #[serde(default)]
+    pub client_id: Option<String>,
+    #[serde(default)]
+    pub username: Option<String>,
+    /// File holding the password (first line). Unset: `$CREDENTIALS_DIRECTORY/mqtt-password` when
+    /// systemd provides it (LoadCredential=). Never on the command line, never logged.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// CA certificates (PEM) for mqtts://; unset: the system's roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate and key (PEM) for brokers that require one.
+    #[serde(default)]
+    pub client_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub client_key: Option<PathBuf>,
+    #[serde(default = "default_keep_alive")]
+    pub keep_alive_s: u64,
+    /// Longest wait between reconnection attempts (the wait doubles from 1 s up to this).
+    #[serde(default = "default_reconnect_max")]
+    pub reconnect_max_s: u64,
+    /// Events kept while the broker is unreachable; beyond it the oldest are dropped (and counted).
+    #[serde(default = "default_queue_size")]
+    pub queue_size: usize,
+    /// Publish Home Assistant device discovery.
+    #[serde(default = "default_true")]
+    pub discovery: bool,
+    #[serde(default = "default_discovery_prefix")]
+    pub discovery_prefix: String,
+    /// Publish the last face crop per camera as a retained JPEG (off: it is a photo of a person).
+    #[serde(default)]
+    pub snapshots: bool,
+    #[serde(default = "default_stats_interval")]
+    pub stats_interval_s: u64,
+    /// A person unseen this long is "not_home".
+    #[serde(default = "default_absence")]
+    pub absence_s: u64,
+}
+
+fn default_keep_alive() -> u64 {
+    30
+}
+fn default_reconnect_max() -> u64 {
+    60
+}
+fn default_queue_size() -> usize {
+    1000
+}
+fn default_true() -> bool {
+    true
+}
+fn default_discovery_prefix() -> String {
+    "homeassistant".to_string()
+}
+fn default_stats_interval() -> u64 {
+    60
+}
+fn default_absence() -> u64 {
+    120
 }
 
 fn default_state_dir() -> PathBuf {
@@ -208,6 +281,11 @@ impl Config {
         if let Some(d) = config.models.dir.as_mut() {
             resolve(d);
         }
+        if let Some(m) = config.mqtt.as_mut() {
+            for p in [&mut m.password_file, &mut m.ca_file, &mut m.client_cert, &mut m.client_key].into_iter().flatten() {
+                resolve(p);
+            }
+        }
         resolve(&mut config.state_dir);
         for p in &mut config.person {
             for image in &mut p.images {
@@ -247,6 +325,20 @@ impl Config {
                 "gallery.margin".into(),
                 format!("{} is outside 0..1", self.gallery.margin),
             ));
+        }
+        if let Some(m) = &self.mqtt {
+            crate::mqtt::BrokerAddress::parse(&m.url).map_err(|e| invalid("mqtt.url".into(), e))?;
+            if let Some(n) = &m.node_id
+                && !is_valid_person_id(n)
+            {
+                return Err(invalid("mqtt.node_id".into(), format!("{n:?}: use lowercase letters, digits, '_' or '-'")));
+            }
+            if m.client_cert.is_some() != m.client_key.is_some() {
+                return Err(invalid("mqtt.client_cert".into(), "client_cert and client_key go together".into()));
+            }
+            if m.queue_size == 0 || m.keep_alive_s == 0 || m.reconnect_max_s == 0 || m.absence_s == 0 {
+                return Err(invalid("mqtt".into(), "queue_size, keep_alive_s, reconnect_max_s and absence_s must be at least 1".into()));
+            }
         }
         let mut seen = std::collections::HashSet::new();
         for (i, p) in self.person.iter().enumerate() {

@@ -235,7 +235,7 @@ mod tests {
             None,
             0.0,
         );
-        let d = g.identify(&[unit(3.0), unit(70.0)]);
+        let d = g.identify(&[unit(3.0), unit(250.0)]);
         assert_eq!(d[0].person.as_deref(), Some("a"));
         assert!(
             (d[0].similarity - 1.0).abs() < 0.01,
@@ -243,7 +243,8 @@ mod tests {
         );
         assert_eq!(d[1].person, None);
         assert_eq!(d[1].best_guess.as_deref(), Some("a"));
-        assert!((d[1].second - 50f32.to_radians().cos()).abs() < 1e-5);
+        assert!((d[1].similarity - 110f32.to_radians().cos()).abs() < 1e-5);
+        assert!((d[1].second - 130f32.to_radians().cos()).abs() < 1e-5);
     }
 
     #[test]
