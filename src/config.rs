@@ -282,7 +282,15 @@ impl Config {
             resolve(d);
         }
         if let Some(m) = config.mqtt.as_mut() {
-            for p in [&mut m.password_file, &mut m.ca_file, &mut m.client_cert, &mut m.client_key].into_iter().flatten() {
+            for p in [
+                &mut m.password_file,
+                &mut m.ca_file,
+                &mut m.client_cert,
+                &mut m.client_key,
+            ]
+            .into_iter()
+            .flatten()
+            {
                 resolve(p);
             }
         }
@@ -331,13 +339,27 @@ impl Config {
             if let Some(n) = &m.node_id
                 && !is_valid_person_id(n)
             {
-                return Err(invalid("mqtt.node_id".into(), format!("{n:?}: use lowercase letters, digits, '_' or '-'")));
+                return Err(invalid(
+                    "mqtt.node_id".into(),
+                    format!("{n:?}: use lowercase letters, digits, '_' or '-'"),
+                ));
             }
             if m.client_cert.is_some() != m.client_key.is_some() {
-                return Err(invalid("mqtt.client_cert".into(), "client_cert and client_key go together".into()));
+                return Err(invalid(
+                    "mqtt.client_cert".into(),
+                    "client_cert and client_key go together".into(),
+                ));
             }
-            if m.queue_size == 0 || m.keep_alive_s == 0 || m.reconnect_max_s == 0 || m.absence_s == 0 {
-                return Err(invalid("mqtt".into(), "queue_size, keep_alive_s, reconnect_max_s and absence_s must be at least 1".into()));
+            if m.queue_size == 0
+                || m.keep_alive_s == 0
+                || m.reconnect_max_s == 0
+                || m.absence_s == 0
+            {
+                return Err(invalid(
+                    "mqtt".into(),
+                    "queue_size, keep_alive_s, reconnect_max_s and absence_s must be at least 1"
+                        .into(),
+                ));
             }
         }
         let mut seen = std::collections::HashSet::new();

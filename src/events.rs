@@ -30,11 +30,21 @@ pub enum MessageKind {
 
 impl Message {
     pub fn event(topic: String, payload: &Value) -> Message {
-        Message { topic, payload: payload.to_string().into_bytes(), retain: false, kind: MessageKind::Event }
+        Message {
+            topic,
+            payload: payload.to_string().into_bytes(),
+            retain: false,
+            kind: MessageKind::Event,
+        }
     }
 
     pub fn state(topic: String, payload: Vec<u8>) -> Message {
-        Message { topic, payload, retain: true, kind: MessageKind::State }
+        Message {
+            topic,
+            payload,
+            retain: true,
+            kind: MessageKind::State,
+        }
     }
 }
 
@@ -103,10 +113,20 @@ pub fn slug(s: &str) -> String {
         .trim()
         .chars()
         .map(|c| c.to_ascii_lowercase())
-        .map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
         .collect();
     let out = out.trim_matches('-').to_string();
-    if out.is_empty() { "face-edge".to_string() } else { out }
+    if out.is_empty() {
+        "face-edge".to_string()
+    } else {
+        out
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -146,8 +166,16 @@ pub struct EventBuilder {
 
 impl EventBuilder {
     pub fn new(topics: Topics, model: &str, started: SystemTime) -> EventBuilder {
-        let ms = started.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_millis();
-        EventBuilder { topics, model: model.to_string(), run_id: format!("{ms:x}"), sequence: 0 }
+        let ms = started
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis();
+        EventBuilder {
+            topics,
+            model: model.to_string(),
+            run_id: format!("{ms:x}"),
+            sequence: 0,
+        }
     }
 
     pub fn set_model(&mut self, model: &str) {
@@ -181,7 +209,10 @@ impl EventBuilder {
                 fields.insert("second".into(), json!(round3(e.second as f64)));
                 fields.insert("threshold".into(), json!(round3(e.threshold as f64)));
                 fields.insert("box".into(), json!(e.bbox.map(|v| v.round() as i64)));
-                fields.insert("face_size".into(), json!((e.bbox[2] - e.bbox[0]).max(e.bbox[3] - e.bbox[1]).round() as i64));
+                fields.insert(
+                    "face_size".into(),
+                    json!((e.bbox[2] - e.bbox[0]).max(e.bbox[3] - e.bbox[1]).round() as i64),
+                );
                 fields.insert("model".into(), json!(self.model));
                 if e.kind == EventType::Unknown {
                     fields.insert("best_guess".into(), json!(e.best_guess));
@@ -191,7 +222,9 @@ impl EventBuilder {
         let mut out = vec![Message::event(self.topics.events(), &payload)];
         if e.kind != EventType::Left {
             let mut cam = payload.clone();
-            cam.as_object_mut().expect("object").insert("event_type".into(), json!(e.kind));
+            cam.as_object_mut()
+                .expect("object")
+                .insert("event_type".into(), json!(e.kind));
             out.push(Message::event(self.topics.camera_event(&e.camera), &cam));
         }
         out
@@ -224,14 +257,23 @@ pub const NOT_HOME: &str = "not_home";
 
 impl Presence {
     pub fn new(topics: Topics, absence: Duration) -> Presence {
-        Presence { topics, absence, people: BTreeMap::new() }
+        Presence {
+            topics,
+            absence,
+            people: BTreeMap::new(),
+        }
     }
 
     /// Sets the enrolled people; returns the state of each newly added one (for startup) and an empty
     /// retained message for each removed one (clearing it from the broker).
     pub fn set_people(&mut self, ids: &[String]) -> Vec<Message> {
         let mut out = vec![];
-        let removed: Vec<String> = self.people.keys().filter(|k| !ids.contains(k)).cloned().collect();
+        let removed: Vec<String> = self
+            .people
+            .keys()
+            .filter(|k| !ids.contains(k))
+            .cloned()
+            .collect();
         for id in removed {
             self.people.remove(&id);
             out.push(Message::state(self.topics.person_state(&id), vec![]));
@@ -240,7 +282,13 @@ impl Presence {
             if !self.people.contains_key(id) {
                 self.people.insert(
                     id.clone(),
-                    PersonPresence { state: NOT_HOME.into(), last_seen: None, score: None, active_tracks: 0, last_published: None },
+                    PersonPresence {
+                        state: NOT_HOME.into(),
+                        last_seen: None,
+                        score: None,
+                        active_tracks: 0,
+                        last_published: None,
+                    },
                 );
                 out.push(self.message(id));
             }
@@ -253,7 +301,13 @@ impl Presence {
         self.people.keys().map(|id| self.message(id)).collect()
     }
 
-    pub fn recognized(&mut self, person: &str, camera: &str, score: f32, at: SystemTime) -> Option<Message> {
+    pub fn recognized(
+        &mut self,
+        person: &str,
+        camera: &str,
+        score: f32,
+        at: SystemTime,
+    ) -> Option<Message> {
         let p = self.people.get_mut(person)?;
         p.active_tracks += 1;
         p.state = camera.to_string();
@@ -269,7 +323,9 @@ impl Presence {
         let refresh = self.absence / 3;
         let p = self.people.get_mut(person)?;
         p.last_seen = Some(at);
-        let due = p.last_published.is_none_or(|t| at.duration_since(t).unwrap_or_default() >= refresh);
+        let due = p
+            .last_published
+            .is_none_or(|t| at.duration_since(t).unwrap_or_default() >= refresh);
         if due {
             p.last_published = Some(at);
             return Some(self.message(person));
@@ -293,7 +349,8 @@ impl Presence {
             .filter(|(_, p)| {
                 p.active_tracks == 0
                     && p.state != NOT_HOME
-                    && p.last_seen.is_some_and(|t| now.duration_since(t).unwrap_or_default() >= absence)
+                    && p.last_seen
+                        .is_some_and(|t| now.duration_since(t).unwrap_or_default() >= absence)
             })
             .map(|(id, _)| id.clone())
             .collect();
@@ -314,7 +371,10 @@ impl Presence {
             "last_seen": p.last_seen.map(timestamp),
             "score": p.score.map(|s| round3(s as f64)),
         });
-        Message::state(self.topics.person_state(id), payload.to_string().into_bytes())
+        Message::state(
+            self.topics.person_state(id),
+            payload.to_string().into_bytes(),
+        )
     }
 }
 
@@ -331,7 +391,11 @@ pub struct DiscoveryInput {
 
 /// Builds the device-based discovery document. Components of people or cameras that were in the previous
 /// document but are gone now are sent with only their platform, which tells Home Assistant to remove them.
-pub fn discovery(topics: &Topics, input: &DiscoveryInput, previous: &BTreeMap<String, &'static str>) -> (Message, BTreeMap<String, &'static str>) {
+pub fn discovery(
+    topics: &Topics,
+    input: &DiscoveryInput,
+    previous: &BTreeMap<String, &'static str>,
+) -> (Message, BTreeMap<String, &'static str>) {
     let node = &topics.node_id;
     let version = env!("CARGO_PKG_VERSION");
     let mut cmps = serde_json::Map::new();
@@ -383,7 +447,10 @@ pub fn discovery(topics: &Topics, input: &DiscoveryInput, previous: &BTreeMap<St
             );
         }
     }
-    for (key, unit, field, name) in [("fps", "fps", "fps", "Frames per second"), ("embed_ms", "ms", "embed_ms", "Embedding time")] {
+    for (key, unit, field, name) in [
+        ("fps", "fps", "fps", "Frames per second"),
+        ("embed_ms", "ms", "embed_ms", "Embedding time"),
+    ] {
         add(
             key.to_string(),
             "sensor",
@@ -406,7 +473,10 @@ pub fn discovery(topics: &Topics, input: &DiscoveryInput, previous: &BTreeMap<St
         "qos": 1,
         "cmps": cmps,
     });
-    (Message::state(topics.discovery(), doc.to_string().into_bytes()), current)
+    (
+        Message::state(topics.discovery(), doc.to_string().into_bytes()),
+        current,
+    )
 }
 
 /// A request received on `request/<command>`.
@@ -427,11 +497,20 @@ pub fn parse_request(command: &str, payload: &[u8]) -> Result<Request, String> {
     if !body.is_object() {
         return Err("request body must be a JSON object".into());
     }
-    Ok(Request { command: command.to_string(), transaction: body.get("transaction").cloned(), body })
+    Ok(Request {
+        command: command.to_string(),
+        transaction: body.get("transaction").cloned(),
+        body,
+    })
 }
 
 /// The answer on `response/<command>`.
-pub fn response(topics: &Topics, command: &str, transaction: Option<&Value>, result: Result<Value, String>) -> Message {
+pub fn response(
+    topics: &Topics,
+    command: &str,
+    transaction: Option<&Value>,
+    result: Result<Value, String>,
+) -> Message {
     let payload = match result {
         Ok(data) => json!({"status": "ok", "data": data, "transaction": transaction}),
         Err(e) => json!({"status": "error", "error": e, "transaction": transaction}),
@@ -488,7 +567,13 @@ mod tests {
         let cam: Value = serde_json::from_slice(&m[1].payload).unwrap();
         assert_eq!(m[1].topic, "face-edge/hall-pi/cam/hall/event");
         assert_eq!(cam["event_type"], "recognized");
-        let second = b.messages(&FaceEvent { kind: EventType::Left, ..e }, &names);
+        let second = b.messages(
+            &FaceEvent {
+                kind: EventType::Left,
+                ..e
+            },
+            &names,
+        );
         let left: Value = serde_json::from_slice(&second[0].payload).unwrap();
         assert_ne!(left["id"], v["id"]);
         assert_eq!(left["duration_s"], 1.0);
@@ -500,10 +585,17 @@ mod tests {
         let mut p = Presence::new(topics(), Duration::from_secs(60));
         let start = p.set_people(&["alice".into(), "bob".into()]);
         assert_eq!(start.len(), 2);
-        assert!(start.iter().all(|m| m.retain && String::from_utf8_lossy(&m.payload).contains("not_home")));
+        assert!(
+            start
+                .iter()
+                .all(|m| m.retain && String::from_utf8_lossy(&m.payload).contains("not_home"))
+        );
         let m = p.recognized("alice", "hall", 0.8, at(0)).unwrap();
         assert!(String::from_utf8_lossy(&m.payload).contains("\"state\":\"hall\""));
-        assert!(p.still_seen("alice", at(10)).is_none(), "refresh at most every 20 s");
+        assert!(
+            p.still_seen("alice", at(10)).is_none(),
+            "refresh at most every 20 s"
+        );
         assert!(p.still_seen("alice", at(21)).is_some());
         assert!(p.tick(at(500)).is_empty(), "in view: stays present");
         p.track_ended("alice", at(30));
@@ -512,14 +604,26 @@ mod tests {
         assert_eq!(gone.len(), 1);
         assert!(String::from_utf8_lossy(&gone[0].payload).contains("not_home"));
         let removed = p.set_people(&["alice".into()]);
-        assert_eq!(removed, vec![Message::state("face-edge/hall-pi/person/bob/state".into(), vec![])]);
-        assert!(p.recognized("carol", "hall", 0.9, at(0)).is_none(), "not enrolled");
+        assert_eq!(
+            removed,
+            vec![Message::state(
+                "face-edge/hall-pi/person/bob/state".into(),
+                vec![]
+            )]
+        );
+        assert!(
+            p.recognized("carol", "hall", 0.9, at(0)).is_none(),
+            "not enrolled"
+        );
     }
 
     #[test]
     fn discovery_lists_components_and_removes_departed_ones() {
         let input = DiscoveryInput {
-            people: vec![("alice".into(), "Alice".into()), ("bob".into(), "Bob".into())],
+            people: vec![
+                ("alice".into(), "Alice".into()),
+                ("bob".into(), "Bob".into()),
+            ],
             cameras: vec!["hall".into()],
             snapshots: false,
             off_delay_s: 90,
@@ -528,9 +632,15 @@ mod tests {
         assert_eq!(m.topic, "homeassistant/device/hall-pi/config");
         let v: Value = serde_json::from_slice(&m.payload).unwrap();
         assert_eq!(v["cmps"]["alice_presence"]["off_delay"], 90);
-        assert_eq!(v["cmps"]["hall_event"]["event_types"], json!(["recognized", "unknown"]));
+        assert_eq!(
+            v["cmps"]["hall_event"]["event_types"],
+            json!(["recognized", "unknown"])
+        );
         assert!(v["cmps"].get("hall_snapshot").is_none());
-        let fewer = DiscoveryInput { people: vec![("alice".into(), "Alice".into())], ..input };
+        let fewer = DiscoveryInput {
+            people: vec![("alice".into(), "Alice".into())],
+            ..input
+        };
         let (m, _) = discovery(&topics(), &fewer, &ids);
         let v: Value = serde_json::from_slice(&m.payload).unwrap();
         assert_eq!(v["cmps"]["bob_presence"], json!({"p": "binary_sensor"}));
@@ -540,14 +650,25 @@ mod tests {
     #[test]
     fn requests_and_responses() {
         let t = topics();
-        assert_eq!(t.request_command("face-edge/hall-pi/request/enroll"), Some("enroll"));
+        assert_eq!(
+            t.request_command("face-edge/hall-pi/request/enroll"),
+            Some("enroll")
+        );
         assert_eq!(t.request_command("face-edge/other/request/enroll"), None);
         let r = parse_request("enroll", br#"{"name":"carol","transaction":"t1"}"#).unwrap();
         assert_eq!(r.transaction, Some(json!("t1")));
         assert!(parse_request("x", b"[1]").is_err());
         assert!(parse_request("x", b"").is_ok());
-        let m = response(&t, "enroll", r.transaction.as_ref(), Err("no camera".into()));
+        let m = response(
+            &t,
+            "enroll",
+            r.transaction.as_ref(),
+            Err("no camera".into()),
+        );
         let v: Value = serde_json::from_slice(&m.payload).unwrap();
-        assert_eq!((v["status"].as_str(), v["transaction"].as_str()), (Some("error"), Some("t1")));
+        assert_eq!(
+            (v["status"].as_str(), v["transaction"].as_str()),
+            (Some("error"), Some("t1"))
+        );
     }
 }

@@ -9,8 +9,8 @@ use crate::config::MqttConfig;
 use crate::events::{Message, MessageKind, Request, Topics, parse_request};
 use crate::outbox::Outbox;
 use rumqttc::{
-    Client, ConnectReturnCode, Connection, ConnectionError, Event, LastWill, MqttOptions, Outgoing, Packet, QoS,
-    RecvTimeoutError, TlsConfiguration, Transport,
+    Client, ConnectReturnCode, Connection, ConnectionError, Event, LastWill, MqttOptions, Outgoing,
+    Packet, QoS, RecvTimeoutError, TlsConfiguration, Transport,
 };
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -52,7 +52,9 @@ impl BrokerAddress {
         let rest = rest.trim_end_matches('/');
         let default_port = if tls { 8883 } else { 1883 };
         let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
-            let (host, after) = v6.split_once(']').ok_or_else(|| format!("{url:?}: unclosed '['"))?;
+            let (host, after) = v6
+                .split_once(']')
+                .ok_or_else(|| format!("{url:?}: unclosed '['"))?;
             (host.to_string(), after.strip_prefix(':'))
         } else {
             match rest.rsplit_once(':') {
@@ -76,7 +78,10 @@ impl BrokerAddress {
 pub enum Incoming {
     Request(Request),
     /// A request whose body could not be parsed: answer it with this error.
-    BadRequest { command: String, error: String },
+    BadRequest {
+        command: String,
+        error: String,
+    },
     /// Home Assistant (re)started: discovery and states should be re-sent.
     HomeAssistantOnline,
 }
@@ -86,6 +91,8 @@ pub enum Incoming {
 pub struct LinkStatus {
     pub connected: bool,
     pub connections: u64,
+    /// Failed connection attempts and lost connections.
+    pub failures: u64,
     pub last_error: Option<String>,
     pub queued: usize,
     pub dropped_events: u64,
@@ -109,28 +116,42 @@ pub fn read_password(config: &MqttConfig) -> Result<Option<String>, MqttError> {
     let path = match &config.password_file {
         Some(p) => p.clone(),
         None => match std::env::var_os("CREDENTIALS_DIRECTORY") {
-            Some(dir) if Path::new(&dir).join("mqtt-password").exists() => Path::new(&dir).join("mqtt-password"),
+            Some(dir) if Path::new(&dir).join("mqtt-password").exists() => {
+                Path::new(&dir).join("mqtt-password")
+            }
             _ => return Ok(None),
         },
     };
-    let file_err = |message: String| MqttError::File { path: path.clone(), message };
+    let file_err = |message: String| MqttError::File {
+        path: path.clone(),
+        message,
+    };
     let meta = std::fs::metadata(&path).map_err(|e| file_err(format!("password file: {e}")))?;
     if std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o004 != 0 {
-        log::warn!("{}: the MQTT password file is readable by every user; chmod 600 it", path.display());
+        log::warn!(
+            "{}: the MQTT password file is readable by every user; chmod 600 it",
+            path.display()
+        );
     }
-    let text = std::fs::read_to_string(&path).map_err(|e| file_err(format!("password file: {e}")))?;
+    let text =
+        std::fs::read_to_string(&path).map_err(|e| file_err(format!("password file: {e}")))?;
     Ok(Some(text.lines().next().unwrap_or_default().to_string()))
 }
 
 fn tls_config(config: &MqttConfig) -> Result<rustls::ClientConfig, MqttError> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let pem_err = |path: &Path, e: &dyn std::fmt::Display| MqttError::File { path: path.to_path_buf(), message: e.to_string() };
+    let pem_err = |path: &Path, e: &dyn std::fmt::Display| MqttError::File {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    };
     let mut roots = rustls::RootCertStore::empty();
     match &config.ca_file {
         Some(ca) => {
             for cert in CertificateDer::pem_file_iter(ca).map_err(|e| pem_err(ca, &e))? {
-                roots.add(cert.map_err(|e| pem_err(ca, &e))?).map_err(|e| pem_err(ca, &e))?;
+                roots
+                    .add(cert.map_err(|e| pem_err(ca, &e))?)
+                    .map_err(|e| pem_err(ca, &e))?;
             }
             if roots.is_empty() {
                 return Err(pem_err(ca, &"no certificate in the CA file"));
@@ -142,7 +163,9 @@ fn tls_config(config: &MqttConfig) -> Result<rustls::ClientConfig, MqttError> {
                 let _ = roots.add(cert);
             }
             if roots.is_empty() {
-                return Err(MqttError::Tls("no system CA certificates found; set mqtt.ca_file".into()));
+                return Err(MqttError::Tls(
+                    "no system CA certificates found; set mqtt.ca_file".into(),
+                ));
             }
         }
     }
@@ -158,7 +181,9 @@ fn tls_config(config: &MqttConfig) -> Result<rustls::ClientConfig, MqttError> {
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| pem_err(cert, &e))?;
             let key = PrivateKeyDer::from_pem_file(key).map_err(|e| pem_err(key, &e))?;
-            builder.with_client_auth_cert(certs, key).map_err(|e| MqttError::Tls(e.to_string()))
+            builder
+                .with_client_auth_cert(certs, key)
+                .map_err(|e| MqttError::Tls(e.to_string()))
         }
         _ => Ok(builder.with_no_client_auth()),
     }
@@ -166,19 +191,32 @@ fn tls_config(config: &MqttConfig) -> Result<rustls::ClientConfig, MqttError> {
 
 /// Connection options: client id, keep-alive, credentials, TLS and the last will `offline`.
 pub fn options(config: &MqttConfig, topics: &Topics) -> Result<MqttOptions, MqttError> {
-    let address = BrokerAddress::parse(&config.url).map_err(|message| MqttError::Url { url: config.url.clone(), message })?;
-    let client_id = config.client_id.clone().unwrap_or_else(|| format!("face-edge-{}", topics.node_id));
+    let address = BrokerAddress::parse(&config.url).map_err(|message| MqttError::Url {
+        url: config.url.clone(),
+        message,
+    })?;
+    let client_id = config
+        .client_id
+        .clone()
+        .unwrap_or_else(|| format!("face-edge-{}", topics.node_id));
     let mut o = MqttOptions::new(client_id, address.host.clone(), address.port);
     o.set_keep_alive(Duration::from_secs(config.keep_alive_s.max(5)));
     // A clean session: face-edge keeps its own queue, so nothing depends on the broker's session state.
     o.set_clean_session(true);
     o.set_max_packet_size(1 << 20, 8 << 20);
-    o.set_last_will(LastWill::new(topics.availability(), "offline", QoS::AtLeastOnce, true));
+    o.set_last_will(LastWill::new(
+        topics.availability(),
+        "offline",
+        QoS::AtLeastOnce,
+        true,
+    ));
     if let Some(user) = &config.username {
         o.set_credentials(user.clone(), read_password(config)?.unwrap_or_default());
     }
     if address.tls {
-        o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(Arc::new(tls_config(config)?))));
+        o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+            Arc::new(tls_config(config)?),
+        )));
     }
     Ok(o)
 }
@@ -190,7 +228,7 @@ pub fn describe(e: &ConnectionError) -> String {
             "the broker refused the connection: bad user name or password".into()
         }
         ConnectionError::ConnectionRefused(ConnectReturnCode::NotAuthorized) => {
-            "the broker refused the connection: not authorised".into()
+            "the broker refused the connection: not authorised (check mqtt.username and the password)".into()
         }
         ConnectionError::ConnectionRefused(code) => format!("the broker refused the connection: {code:?}"),
         ConnectionError::Tls(t) => format!("TLS: {t} (check mqtt.ca_file and the broker's certificate)"),
@@ -201,7 +239,11 @@ pub fn describe(e: &ConnectionError) -> String {
 
 impl Publisher {
     /// Starts the connection thread. `incoming` receives requests and Home Assistant's birth messages.
-    pub fn start(config: &MqttConfig, topics: Topics, incoming: Sender<Incoming>) -> Result<Publisher, MqttError> {
+    pub fn start(
+        config: &MqttConfig,
+        topics: Topics,
+        incoming: Sender<Incoming>,
+    ) -> Result<Publisher, MqttError> {
         let options = options(config, &topics)?;
         let (client, connection) = Client::new(options, 64);
         let (tx, rx) = mpsc::channel();
@@ -221,7 +263,11 @@ impl Publisher {
             .name("mqtt".into())
             .spawn(move || worker.run(rx))
             .expect("spawn mqtt thread");
-        Ok(Publisher { tx, status, thread: Some(thread) })
+        Ok(Publisher {
+            tx,
+            status,
+            thread: Some(thread),
+        })
     }
 
     pub fn send(&self, m: Message) {
@@ -254,7 +300,10 @@ pub struct Backoff {
 
 impl Backoff {
     pub fn new(cap: Duration) -> Backoff {
-        Backoff { next: Duration::from_secs(1).min(cap), cap }
+        Backoff {
+            next: Duration::from_secs(1).min(cap),
+            cap,
+        }
     }
     pub fn next_wait(&mut self) -> Duration {
         let wait = self.next;
@@ -330,8 +379,19 @@ impl Worker {
 
     fn pump(&mut self) {
         while self.connected && self.outbox.in_flight() < MAX_IN_FLIGHT {
-            let Some(m) = self.outbox.next_to_send() else { break };
-            if self.client.try_publish(m.topic.clone(), QoS::AtLeastOnce, m.retain, m.payload.clone()).is_err() {
+            let Some(m) = self.outbox.next_to_send() else {
+                break;
+            };
+            if self
+                .client
+                .try_publish(
+                    m.topic.clone(),
+                    QoS::AtLeastOnce,
+                    m.retain,
+                    m.payload.clone(),
+                )
+                .is_err()
+            {
                 // The request channel is full: put it back and let the connection drain.
                 self.outbox.unsend_last();
                 break;
@@ -360,12 +420,24 @@ impl Worker {
             s.last_error = None;
         }
         log::info!("MQTT connected");
-        let _ = self.client.try_subscribe(self.topics.request_filter(), QoS::AtLeastOnce);
-        let _ = self.client.try_subscribe(self.topics.ha_status(), QoS::AtLeastOnce);
+        let _ = self
+            .client
+            .try_subscribe(self.topics.request_filter(), QoS::AtLeastOnce);
+        let _ = self
+            .client
+            .try_subscribe(self.topics.ha_status(), QoS::AtLeastOnce);
         // `online` first, then the retained states the queue does not already carry, then the queue.
         self.outbox.requeue_in_flight();
-        let mut birth = vec![Message::state(self.topics.availability(), b"online".to_vec())];
-        birth.extend(self.retained.values().filter(|m| !self.outbox.is_queued(&m.topic)).cloned());
+        let mut birth = vec![Message::state(
+            self.topics.availability(),
+            b"online".to_vec(),
+        )];
+        birth.extend(
+            self.retained
+                .values()
+                .filter(|m| !self.outbox.is_queued(&m.topic))
+                .cloned(),
+        );
         for m in birth.into_iter().rev() {
             self.outbox.push_front(m);
         }
@@ -379,7 +451,10 @@ impl Worker {
         } else if let Some(command) = self.topics.request_command(topic) {
             let message = match parse_request(command, payload) {
                 Ok(r) => Incoming::Request(r),
-                Err(error) => Incoming::BadRequest { command: command.to_string(), error },
+                Err(error) => Incoming::BadRequest {
+                    command: command.to_string(),
+                    error,
+                },
             };
             let _ = self.incoming.send(message);
         }
@@ -391,11 +466,21 @@ impl Worker {
         let cause = describe(e);
         let wait = self.backoff.next_wait();
         if was_connected {
-            log::warn!("MQTT connection lost ({cause}); reconnecting in {} s", wait.as_secs());
+            log::warn!(
+                "MQTT connection lost ({cause}); reconnecting in {} s",
+                wait.as_secs()
+            );
         } else {
-            log::warn!("MQTT connection failed ({cause}); retrying in {} s", wait.as_secs());
+            log::warn!(
+                "MQTT connection failed ({cause}); retrying in {} s",
+                wait.as_secs()
+            );
         }
-        self.status.lock().expect("status lock").last_error = Some(cause);
+        {
+            let mut s = self.status.lock().expect("status lock");
+            s.last_error = Some(cause);
+            s.failures += 1;
+        }
         self.update_status();
         wait
     }
@@ -411,7 +496,8 @@ impl Worker {
     fn finish(mut self, done: Sender<()>, connected: bool) {
         if connected {
             let deadline = Instant::now() + Duration::from_secs(2);
-            while Instant::now() < deadline && (self.outbox.queued() + self.outbox.in_flight()) > 0 {
+            while Instant::now() < deadline && (self.outbox.queued() + self.outbox.in_flight()) > 0
+            {
                 self.pump();
                 match self.connection.recv_timeout(POLL) {
                     Ok(Ok(event)) => self.on_event(event),
@@ -419,7 +505,12 @@ impl Worker {
                     Err(_) => {}
                 }
             }
-            let _ = self.client.try_publish(self.topics.availability(), QoS::AtLeastOnce, true, "offline");
+            let _ = self.client.try_publish(
+                self.topics.availability(),
+                QoS::AtLeastOnce,
+                true,
+                "offline",
+            );
             let _ = self.client.try_disconnect();
             let deadline = Instant::now() + Duration::from_secs(2);
             while Instant::now() < deadline {
@@ -482,10 +573,23 @@ mod tests {
 
     #[test]
     fn broker_urls() {
-        assert_eq!(BrokerAddress::parse("mqtt://hub").unwrap(), BrokerAddress { host: "hub".into(), port: 1883, tls: false });
-        assert_eq!(BrokerAddress::parse("mqtts://hub:9999/").unwrap().port, 9999);
+        assert_eq!(
+            BrokerAddress::parse("mqtt://hub").unwrap(),
+            BrokerAddress {
+                host: "hub".into(),
+                port: 1883,
+                tls: false
+            }
+        );
+        assert_eq!(
+            BrokerAddress::parse("mqtts://hub:9999/").unwrap().port,
+            9999
+        );
         assert_eq!(BrokerAddress::parse("mqtts://hub").unwrap().port, 8883);
-        assert_eq!(BrokerAddress::parse("mqtt://[::1]:1884").unwrap().host, "::1");
+        assert_eq!(
+            BrokerAddress::parse("mqtt://[::1]:1884").unwrap().host,
+            "::1"
+        );
         assert!(BrokerAddress::parse("http://hub").is_err());
         assert!(BrokerAddress::parse("mqtt://hub:x").is_err());
         assert!(BrokerAddress::parse("mqtt://").is_err());

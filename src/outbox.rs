@@ -19,16 +19,30 @@ pub struct Outbox {
 impl Outbox {
     /// `capacity`: how many events may wait (state messages do not count against it).
     pub fn new(capacity: usize) -> Outbox {
-        Outbox { capacity: capacity.max(1), queued: VecDeque::new(), in_flight: VecDeque::new(), dropped_events: 0 }
+        Outbox {
+            capacity: capacity.max(1),
+            queued: VecDeque::new(),
+            in_flight: VecDeque::new(),
+            dropped_events: 0,
+        }
     }
 
     pub fn push(&mut self, m: Message) {
         match m.kind {
-            MessageKind::State => self.queued.retain(|q| !(q.kind == MessageKind::State && q.topic == m.topic)),
+            MessageKind::State => self
+                .queued
+                .retain(|q| !(q.kind == MessageKind::State && q.topic == m.topic)),
             MessageKind::Event => {
-                let waiting = self.queued.iter().filter(|q| q.kind == MessageKind::Event).count();
+                let waiting = self
+                    .queued
+                    .iter()
+                    .filter(|q| q.kind == MessageKind::Event)
+                    .count();
                 if waiting >= self.capacity
-                    && let Some(oldest) = self.queued.iter().position(|q| q.kind == MessageKind::Event)
+                    && let Some(oldest) = self
+                        .queued
+                        .iter()
+                        .position(|q| q.kind == MessageKind::Event)
                 {
                     self.queued.remove(oldest);
                     self.dropped_events += 1;
@@ -40,7 +54,8 @@ impl Outbox {
 
     /// Queues a state message ahead of everything else (the birth messages of a new connection).
     pub fn push_front(&mut self, m: Message) {
-        self.queued.retain(|q| !(q.kind == MessageKind::State && q.topic == m.topic));
+        self.queued
+            .retain(|q| !(q.kind == MessageKind::State && q.topic == m.topic));
         self.queued.push_front(m);
     }
 
@@ -67,7 +82,10 @@ impl Outbox {
 
     /// The broker acknowledged a packet id.
     pub fn acknowledged(&mut self, packet_id: u16) -> Option<Message> {
-        let pos = self.in_flight.iter().position(|(id, _)| *id == Some(packet_id))?;
+        let pos = self
+            .in_flight
+            .iter()
+            .position(|(id, _)| *id == Some(packet_id))?;
         self.in_flight.remove(pos).map(|(_, m)| m)
     }
 
@@ -75,8 +93,11 @@ impl Outbox {
     /// superseded meanwhile by a queued newer one is not resent.
     pub fn requeue_in_flight(&mut self) {
         while let Some((_, m)) = self.in_flight.pop_back() {
-            let superseded =
-                m.kind == MessageKind::State && self.queued.iter().any(|q| q.kind == MessageKind::State && q.topic == m.topic);
+            let superseded = m.kind == MessageKind::State
+                && self
+                    .queued
+                    .iter()
+                    .any(|q| q.kind == MessageKind::State && q.topic == m.topic);
             if !superseded {
                 self.queued.push_front(m);
             }
@@ -114,7 +135,11 @@ mod tests {
     fn drain(o: &mut Outbox) -> Vec<String> {
         let mut out = vec![];
         while let Some(m) = o.next_to_send() {
-            out.push(format!("{}={}", m.topic, String::from_utf8_lossy(&m.payload)));
+            out.push(format!(
+                "{}={}",
+                m.topic,
+                String::from_utf8_lossy(&m.payload)
+            ));
         }
         out
     }

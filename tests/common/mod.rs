@@ -1,6 +1,8 @@
 //! Shared test helpers: where the real models and data are, and how to run the built binary.
 #![allow(dead_code)]
 
+pub mod broker;
+
 use face_edge::models::Catalog;
 use std::path::PathBuf;
 use std::process::{Command, Output};
