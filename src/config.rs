@@ -45,6 +45,158 @@ pub struct Config {
     /// The broker; without this section events are printed on stdout.
     #[serde(default)]
     pub mqtt: Option<MqttConfig>,
+    #[serde(default)]
+    pub camera: Vec<CameraConfig>,
+    #[serde(default)]
+    pub tracking: TrackingConfig,
+    #[serde(default)]
+    pub service: ServiceConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CameraKind {
+    V4l2,
+    Exec,
+    Files,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PixelFormat {
+    /// v4l2: MJPEG if the device offers it at the size, else YUYV.
+    #[default]
+    Auto,
+    Mjpeg,
+    Yuyv,
+    /// exec: raw 8-bit RGB frames of `width` x `height`.
+    Rgb24,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CameraConfig {
+    /// Camera name: lowercase letters, digits, '_' and '-' (an MQTT topic segment).
+    pub name: String,
+    pub kind: CameraKind,
+    /// v4l2: a device path (/dev/video0) or a name under /dev/v4l/by-id.
+    #[serde(default)]
+    pub device: Option<String>,
+    /// exec: the program and its arguments, e.g. ["rpicam-vid", "--codec", "mjpeg", "-t", "0", "-o", "-"].
+    #[serde(default)]
+    pub command: Vec<String>,
+    /// files: a directory of images, or a glob.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// files: start again from the first image at the end.
+    #[serde(default, rename = "loop")]
+    pub looping: bool,
+    #[serde(default)]
+    pub format: PixelFormat,
+    #[serde(default = "default_width")]
+    pub width: u32,
+    #[serde(default = "default_height")]
+    pub height: u32,
+    /// Capture rate asked of the device (v4l2) or the pace of a files source.
+    #[serde(default = "default_fps")]
+    pub fps: f32,
+    /// How often frames of this camera are run through detection.
+    #[serde(default = "default_detect_fps")]
+    pub detect_fps: f32,
+}
+
+fn default_width() -> u32 {
+    640
+}
+fn default_height() -> u32 {
+    480
+}
+fn default_fps() -> f32 {
+    15.0
+}
+fn default_detect_fps() -> f32 {
+    5.0
+}
+
+/// How faces are followed across frames and when they are decided.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrackingConfig {
+    /// Faces smaller than this (box side, pixels) are followed but not embedded.
+    #[serde(default = "default_min_face")]
+    pub min_face_px: f32,
+    /// A face turned further than this (nose offset from the eye midpoint / eye distance) is not embedded.
+    #[serde(default = "default_max_turn")]
+    pub max_turn: f32,
+    /// An aligned crop whose Laplacian variance is below this is too blurred to embed.
+    #[serde(default = "default_min_sharpness")]
+    pub min_sharpness: f32,
+    /// Embeddings of a person among a track's recent ones needed to report `recognized`.
+    #[serde(default = "default_votes")]
+    pub votes: usize,
+    /// Embeddings without a recognition before a track is reported `unknown`.
+    #[serde(default = "default_unknown_after")]
+    pub unknown_after: usize,
+    /// While a track is undecided it is embedded every this many detections; once decided, four times
+    /// less often (or when the face grows a third larger).
+    #[serde(default = "default_embed_every")]
+    pub embed_every: u32,
+    /// A track not seen for this long has `left`.
+    #[serde(default = "default_track_timeout")]
+    pub lost_after_s: f32,
+}
+
+impl Default for TrackingConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("defaults")
+    }
+}
+
+fn default_min_face() -> f32 {
+    40.0
+}
+fn default_max_turn() -> f32 {
+    0.45
+}
+fn default_min_sharpness() -> f32 {
+    15.0
+}
+fn default_votes() -> usize {
+    2
+}
+fn default_unknown_after() -> usize {
+    4
+}
+fn default_embed_every() -> u32 {
+    2
+}
+fn default_track_timeout() -> f32 {
+    2.0
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    /// error, warn, info, debug or trace; RUST_LOG and --log-level take precedence.
+    #[serde(default)]
+    pub log_level: Option<String>,
+    /// A camera that is streaming but delivers no frame for this long counts as stalled: the watchdog
+    /// stops being fed so systemd restarts the service.
+    #[serde(default = "default_stall")]
+    pub stall_timeout_s: f32,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        ServiceConfig {
+            log_level: None,
+            stall_timeout_s: default_stall(),
+        }
+    }
+}
+
+fn default_stall() -> f32 {
+    10.0
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -295,6 +447,14 @@ impl Config {
             }
         }
         resolve(&mut config.state_dir);
+        for c in &mut config.camera {
+            if c.kind == CameraKind::Files
+                && let Some(p) = c.path.as_mut()
+                && Path::new(p).is_relative()
+            {
+                *p = base.join(&*p).display().to_string();
+            }
+        }
         for p in &mut config.person {
             for image in &mut p.images {
                 if Path::new(image).is_relative() {
@@ -361,6 +521,53 @@ impl Config {
                         .into(),
                 ));
             }
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, c) in self.camera.iter().enumerate() {
+            let field = |f: &str| format!("camera[{i}].{f}");
+            if !is_valid_person_id(&c.name) {
+                return Err(invalid(
+                    field("name"),
+                    format!("{:?}: use lowercase letters, digits, '_' or '-'", c.name),
+                ));
+            }
+            if !names.insert(&c.name) {
+                return Err(invalid(
+                    field("name"),
+                    format!("{:?} is defined twice", c.name),
+                ));
+            }
+            match c.kind {
+                CameraKind::V4l2 if c.device.is_none() => {
+                    return Err(invalid(
+                        field("device"),
+                        "a v4l2 camera needs a device".into(),
+                    ));
+                }
+                CameraKind::Exec if c.command.is_empty() => {
+                    return Err(invalid(
+                        field("command"),
+                        "an exec camera needs a command".into(),
+                    ));
+                }
+                CameraKind::Files if c.path.is_none() => {
+                    return Err(invalid(field("path"), "a files camera needs a path".into()));
+                }
+                _ => {}
+            }
+            if c.fps <= 0.0 || c.detect_fps <= 0.0 || c.width == 0 || c.height == 0 {
+                return Err(invalid(
+                    field("fps"),
+                    "fps, detect_fps, width and height must be positive".into(),
+                ));
+            }
+        }
+        let t = &self.tracking;
+        if t.votes == 0 || t.unknown_after == 0 || t.embed_every == 0 || t.lost_after_s <= 0.0 {
+            return Err(invalid(
+                "tracking".into(),
+                "votes, unknown_after, embed_every and lost_after_s must be positive".into(),
+            ));
         }
         let mut seen = std::collections::HashSet::new();
         for (i, p) in self.person.iter().enumerate() {

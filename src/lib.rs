@@ -4,6 +4,7 @@
 //! `config` do the file IO around them.
 
 pub mod align;
+pub mod camera;
 pub mod config;
 pub mod detect;
 pub mod embed;
@@ -19,3 +20,4 @@ pub mod openset;
 pub mod outbox;
 pub mod pipeline;
 pub mod store;
+pub mod track;

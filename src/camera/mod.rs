@@ -1,0 +1,229 @@
+//! Frame sources (V4L2 devices, a child process's stdout, image files) and the capture threads that
+//! keep only the newest frame of each camera for the inference worker. Frames stay encoded (JPEG) or raw
+//! (YUYV) until the worker decides to use them, so skipped frames cost no decoding.
+
+pub mod exec;
+pub mod files;
+pub mod mjpeg;
+pub mod v4l2;
+pub mod yuyv;
+
+use crate::config::{CameraConfig, CameraKind};
+use crate::image_io::decode_rgb;
+use crate::mqtt::Backoff;
+use image::RgbImage;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+/// A frame as the source delivered it.
+#[derive(Debug, Clone)]
+pub enum Payload {
+    /// A JPEG or PNG image.
+    Encoded(Vec<u8>),
+    /// Packed YUYV 4:2:2.
+    Yuyv {
+        width: u32,
+        height: u32,
+        data: Vec<u8>,
+    },
+    Rgb(RgbImage),
+}
+
+impl Payload {
+    pub fn decode(&self) -> Result<RgbImage, String> {
+        match self {
+            Payload::Encoded(bytes) => decode_rgb(bytes),
+            Payload::Yuyv {
+                width,
+                height,
+                data,
+            } => yuyv::to_rgb(data, *width, *height),
+            Payload::Rgb(img) => Ok(img.clone()),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Frame {
+    /// Counts frames delivered by this camera since the service started.
+    pub sequence: u64,
+    pub captured: Instant,
+    pub at: SystemTime,
+    pub payload: Payload,
+}
+
+/// Why a source stopped delivering.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SourceError {
+    /// A finite source (files without loop) is done: not an error, the camera just ends.
+    #[error("end of frames")]
+    Finished,
+    /// The device or process went away or failed; the capture thread reopens it with backoff.
+    #[error("{0}")]
+    Failed(String),
+}
+
+pub trait FrameSource: Send {
+    fn next_frame(&mut self) -> Result<Payload, SourceError>;
+}
+
+/// Opens the source a camera config describes.
+pub fn open_source(config: &CameraConfig) -> Result<Box<dyn FrameSource>, SourceError> {
+    match config.kind {
+        CameraKind::V4l2 => Ok(Box::new(v4l2::V4l2Source::open(config)?)),
+        CameraKind::Exec => Ok(Box::new(exec::ExecSource::spawn(config)?)),
+        CameraKind::Files => Ok(Box::new(files::FilesSource::open(config)?)),
+    }
+}
+
+/// What a camera is doing, for stats, MQTT and the watchdog.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CameraState {
+    Opening,
+    Streaming,
+    /// Waiting to reopen after this error.
+    Retrying(String),
+    Finished,
+}
+
+/// The newest frame and the state of one camera.
+#[derive(Debug)]
+pub struct Slot {
+    pub latest: Option<Frame>,
+    pub state: CameraState,
+    pub last_frame: Option<Instant>,
+    pub frames: u64,
+}
+
+/// Slots of every camera plus the condition variable that wakes the worker.
+#[derive(Debug)]
+pub struct FrameBoard {
+    pub slots: Mutex<Vec<Slot>>,
+    pub wake: Condvar,
+}
+
+impl FrameBoard {
+    pub fn new(cameras: usize) -> Arc<FrameBoard> {
+        let slots = (0..cameras)
+            .map(|_| Slot {
+                latest: None,
+                state: CameraState::Opening,
+                last_frame: None,
+                frames: 0,
+            })
+            .collect();
+        Arc::new(FrameBoard {
+            slots: Mutex::new(slots),
+            wake: Condvar::new(),
+        })
+    }
+
+    fn update(&self, index: usize, f: impl FnOnce(&mut Slot)) {
+        let mut slots = self.slots.lock().expect("frame board");
+        f(&mut slots[index]);
+        drop(slots);
+        self.wake.notify_all();
+    }
+
+    /// Takes the newest frame of camera `index` if one arrived since the last take.
+    pub fn take(&self, index: usize) -> Option<Frame> {
+        self.slots.lock().expect("frame board")[index].latest.take()
+    }
+
+    pub fn states(&self) -> Vec<CameraState> {
+        self.slots
+            .lock()
+            .expect("frame board")
+            .iter()
+            .map(|s| s.state.clone())
+            .collect()
+    }
+}
+
+/// A running capture thread.
+pub struct Capture {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Capture {
+    /// Starts capturing camera `index` into `board`; a source that fails is reopened with backoff
+    /// (1 s doubling to 30 s) for as long as the service runs.
+    pub fn start(config: CameraConfig, index: usize, board: Arc<FrameBoard>) -> Capture {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("camera-{}", config.name))
+            .spawn(move || capture_loop(&config, index, &board, &flag))
+            .expect("spawn camera thread");
+        Capture {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn capture_loop(config: &CameraConfig, index: usize, board: &FrameBoard, stop: &AtomicBool) {
+    let mut backoff = Backoff::new(Duration::from_secs(30));
+    let mut sequence = 0u64;
+    while !stop.load(Ordering::SeqCst) {
+        board.update(index, |s| s.state = CameraState::Opening);
+        let error = match open_source(config) {
+            Err(e) => e,
+            Ok(mut source) => {
+                log::info!("camera {}: streaming", config.name);
+                board.update(index, |s| s.state = CameraState::Streaming);
+                loop {
+                    if stop.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    match source.next_frame() {
+                        Ok(payload) => {
+                            backoff.reset();
+                            sequence += 1;
+                            let frame = Frame {
+                                sequence,
+                                captured: Instant::now(),
+                                at: SystemTime::now(),
+                                payload,
+                            };
+                            board.update(index, |s| {
+                                s.latest = Some(frame);
+                                s.last_frame = Some(Instant::now());
+                                s.frames += 1;
+                            });
+                        }
+                        Err(e) => break e,
+                    }
+                }
+            }
+        };
+        if error == SourceError::Finished {
+            log::info!("camera {}: no more frames", config.name);
+            board.update(index, |s| s.state = CameraState::Finished);
+            return;
+        }
+        let wait = backoff.next_wait();
+        log::warn!(
+            "camera {}: {error}; retrying in {} s",
+            config.name,
+            wait.as_secs()
+        );
+        board.update(index, |s| {
+            s.state = CameraState::Retrying(error.to_string())
+        });
+        let until = Instant::now() + wait;
+        while Instant::now() < until && !stop.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
