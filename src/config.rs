@@ -91,6 +91,10 @@ pub struct CameraConfig {
     /// files: start again from the first image at the end.
     #[serde(default, rename = "loop")]
     pub looping: bool,
+    /// files: frames each image is shown for (a slideshow of still photos needs several, so faces can
+    /// be tracked and voted on; recordings use 1).
+    #[serde(default = "default_repeat")]
+    pub repeat: u32,
     #[serde(default)]
     pub format: PixelFormat,
     #[serde(default = "default_width")]
@@ -105,6 +109,9 @@ pub struct CameraConfig {
     pub detect_fps: f32,
 }
 
+fn default_repeat() -> u32 {
+    1
+}
 fn default_width() -> u32 {
     640
 }
@@ -273,7 +280,7 @@ fn default_state_dir() -> PathBuf {
     PathBuf::from(DEFAULT_STATE_DIR)
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelsConfig {
     /// Models directory; `--models-dir` and FACE_EDGE_MODELS_DIR take precedence.

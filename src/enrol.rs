@@ -37,8 +37,16 @@ pub struct GallerySources {
 pub fn collect_sources(config: &Config) -> GallerySources {
     let mut out = GallerySources::default();
     let mut people: BTreeMap<String, PersonSource> = BTreeMap::new();
-    if let Some(dir) = &config.gallery.dir {
-        match std::fs::read_dir(dir) {
+    // The configured gallery directory, then photos taken by the `enroll` command.
+    let enrolled = config.state_dir.join("enrolled");
+    let dirs = config
+        .gallery
+        .dir
+        .iter()
+        .cloned()
+        .chain(enrolled.is_dir().then_some(enrolled));
+    for dir in dirs {
+        match std::fs::read_dir(&dir) {
             Err(e) => out.warnings.push(format!(
                 "{}: gallery directory unreadable: {e}",
                 dir.display()
@@ -63,14 +71,12 @@ pub fn collect_sources(config: &Config) -> GallerySources {
                         continue;
                     }
                     let images = expand_inputs(std::slice::from_ref(&d));
-                    people.insert(
-                        id.clone(),
-                        PersonSource {
-                            name: id.clone(),
-                            id,
-                            images,
-                        },
-                    );
+                    let entry = people.entry(id.clone()).or_insert_with(|| PersonSource {
+                        name: id.clone(),
+                        id,
+                        images: vec![],
+                    });
+                    entry.images.extend(images);
                 }
             }
         }

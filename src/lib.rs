@@ -19,5 +19,6 @@ pub mod mqtt;
 pub mod openset;
 pub mod outbox;
 pub mod pipeline;
+pub mod service;
 pub mod store;
 pub mod track;

@@ -7,7 +7,8 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
-    cli::init_logging(args.log_level.as_deref());
+    let service = args.is_service();
+    cli::init_logging(args.log_level.as_deref(), service);
     match cli::run(args) {
         Ok(code) => code,
         Err(e) => {

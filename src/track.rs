@@ -212,17 +212,62 @@ impl Tracker {
         }
     }
 
-    /// Feeds the gallery's decision for a track's new embedding; returns the event if the track's verdict
-    /// changes (pending -> recognized or unknown, unknown -> recognized).
+    /// Feeds the gallery's decision for a track's new embedding; returns the events if the track's
+    /// verdict changes (pending -> recognized or unknown, unknown -> recognized). When a recognised
+    /// track's recent embeddings all name somebody else, the boxes swapped people (one walked off as
+    /// another stepped in): the old visit is closed with `left` and a new track starts.
     pub fn observe(
         &mut self,
         track_id: u64,
         size: f32,
         decision: Decision,
         now: SystemTime,
+    ) -> Vec<FaceEvent> {
+        let needed = self.config.votes;
+        let Some(index) = self.tracks.iter().position(|t| t.id == track_id) else {
+            return vec![];
+        };
+        let swapped = match &self.tracks[index].verdict {
+            Verdict::Recognized(p) => {
+                let recent: Vec<&Decision> = self.tracks[index]
+                    .votes
+                    .iter()
+                    .rev()
+                    .take(needed - 1)
+                    .collect();
+                decision.person.as_ref().is_some_and(|q| q != p)
+                    && recent.len() == needed - 1
+                    && recent.iter().all(|d| d.person == decision.person)
+            }
+            _ => false,
+        };
+        let mut events = vec![];
+        if swapped {
+            let old = self.tracks[index].clone();
+            events.push(left_event(&self.camera, &old));
+            let t = &mut self.tracks[index];
+            t.id = self.next_id;
+            self.next_id += 1;
+            t.first_seen = now;
+            t.verdict = Verdict::Pending;
+            t.embeddings = 0;
+            t.best = None;
+            // The decisions that revealed the newcomer are theirs.
+            t.votes.retain(|d| d.person == decision.person);
+        }
+        events.extend(self.observe_in(index, size, decision, now));
+        events
+    }
+
+    fn observe_in(
+        &mut self,
+        index: usize,
+        size: f32,
+        decision: Decision,
+        now: SystemTime,
     ) -> Option<FaceEvent> {
         let config = &self.config;
-        let t = self.tracks.iter_mut().find(|t| t.id == track_id)?;
+        let t = &mut self.tracks[index];
         t.since_embedding = 0;
         t.embedded_size = size;
         t.embeddings += 1;
@@ -287,7 +332,7 @@ fn vote(votes: &VecDeque<Decision>, needed: usize) -> Option<String> {
             None => counts.push((p, 1)),
         }
     }
-    counts.sort_by(|a, b| b.1.cmp(&a.1));
+    counts.sort_by_key(|c| std::cmp::Reverse(c.1));
     match counts.as_slice() {
         [(p, n), rest @ ..] if *n >= needed && rest.first().is_none_or(|(_, m)| m < n) => {
             Some(p.to_string())
@@ -469,17 +514,17 @@ mod tests {
         assert!(a.iter().all(|x| x.embed), "new tracks are embedded at once");
         assert!(
             t.observe(a[0].track_id, 100.0, decision(Some("alice"), 0.6), at(0))
-                .is_none()
+                .is_empty()
         );
         t.update(&[det(0.0), det(400.0)], at(10));
         assert!(
             t.observe(a[0].track_id, 100.0, decision(Some("bob"), 0.6), at(10))
-                .is_none(),
+                .is_empty(),
             "1-1 tie"
         );
         let e = t
             .observe(a[0].track_id, 100.0, decision(Some("alice"), 0.8), at(20))
-            .unwrap();
+            .remove(0);
         assert_eq!(e.person.as_deref(), Some("alice"));
         assert_eq!(e.score, 0.8);
     }
@@ -527,5 +572,27 @@ mod tests {
         });
         assert_eq!(sharpness(&flat), 0.0);
         assert!(sharpness(&checker) > 1000.0);
+    }
+
+    #[test]
+    fn a_person_swap_in_one_box_closes_the_visit_and_starts_another() {
+        let mut t = Tracker::new("hall", config());
+        let mut events = vec![];
+        for (frame, who) in ["alice", "alice", "bob", "bob"].iter().enumerate() {
+            t.update(&[det(100.0)], at(frame as u64));
+            events.extend(t.observe(1, 100.0, decision(Some(who), 0.7), at(frame as u64)));
+        }
+        let kinds: Vec<(EventType, Option<&str>, u64)> = events
+            .iter()
+            .map(|e| (e.kind, e.person.as_deref(), e.track_id))
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![
+                (EventType::Recognized, Some("alice"), 1),
+                (EventType::Left, Some("alice"), 1),
+                (EventType::Recognized, Some("bob"), 2)
+            ]
+        );
     }
 }

@@ -11,6 +11,8 @@ pub struct FilesSource {
     paths: Vec<PathBuf>,
     next: usize,
     looping: bool,
+    repeat: u32,
+    shown: u32,
     interval: Duration,
     due: Instant,
 }
@@ -37,6 +39,8 @@ impl FilesSource {
             paths,
             next: 0,
             looping: config.looping,
+            repeat: config.repeat.max(1),
+            shown: 0,
             interval,
             due: Instant::now(),
         })
@@ -56,7 +60,11 @@ impl FrameSource for FilesSource {
         }
         self.due = Instant::now().max(self.due) + self.interval;
         let path = &self.paths[self.next];
-        self.next += 1;
+        self.shown += 1;
+        if self.shown >= self.repeat {
+            self.shown = 0;
+            self.next += 1;
+        }
         let bytes = std::fs::read(path)
             .map_err(|e| SourceError::Failed(format!("{}: {e}", path.display())))?;
         Ok(Payload::Encoded(bytes))

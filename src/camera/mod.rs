@@ -93,6 +93,10 @@ pub enum CameraState {
 pub struct Slot {
     pub latest: Option<Frame>,
     pub state: CameraState,
+    /// When `state` last changed.
+    pub since: Instant,
+    /// Frames replaced by a newer one before the worker took them.
+    pub dropped: u64,
     pub last_frame: Option<Instant>,
     pub frames: u64,
 }
@@ -110,6 +114,8 @@ impl FrameBoard {
             .map(|_| Slot {
                 latest: None,
                 state: CameraState::Opening,
+                since: Instant::now(),
+                dropped: 0,
                 last_frame: None,
                 frames: 0,
             })
@@ -118,6 +124,13 @@ impl FrameBoard {
             slots: Mutex::new(slots),
             wake: Condvar::new(),
         })
+    }
+
+    fn set_state(&self, index: usize, state: CameraState) {
+        self.update(index, |s| {
+            s.state = state;
+            s.since = Instant::now();
+        });
     }
 
     fn update(&self, index: usize, f: impl FnOnce(&mut Slot)) {
@@ -164,6 +177,11 @@ impl Capture {
         }
     }
 
+    /// Asks the thread to stop without waiting (it may be blocked reading a device or a pipe).
+    pub fn request_stop(self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+
     pub fn stop(mut self) {
         self.stop.store(true, Ordering::SeqCst);
         if let Some(t) = self.thread.take() {
@@ -176,12 +194,12 @@ fn capture_loop(config: &CameraConfig, index: usize, board: &FrameBoard, stop: &
     let mut backoff = Backoff::new(Duration::from_secs(30));
     let mut sequence = 0u64;
     while !stop.load(Ordering::SeqCst) {
-        board.update(index, |s| s.state = CameraState::Opening);
+        board.set_state(index, CameraState::Opening);
         let error = match open_source(config) {
             Err(e) => e,
             Ok(mut source) => {
                 log::info!("camera {}: streaming", config.name);
-                board.update(index, |s| s.state = CameraState::Streaming);
+                board.set_state(index, CameraState::Streaming);
                 loop {
                     if stop.load(Ordering::SeqCst) {
                         return;
@@ -197,6 +215,7 @@ fn capture_loop(config: &CameraConfig, index: usize, board: &FrameBoard, stop: &
                                 payload,
                             };
                             board.update(index, |s| {
+                                s.dropped += u64::from(s.latest.is_some());
                                 s.latest = Some(frame);
                                 s.last_frame = Some(Instant::now());
                                 s.frames += 1;
@@ -209,7 +228,7 @@ fn capture_loop(config: &CameraConfig, index: usize, board: &FrameBoard, stop: &
         };
         if error == SourceError::Finished {
             log::info!("camera {}: no more frames", config.name);
-            board.update(index, |s| s.state = CameraState::Finished);
+            board.set_state(index, CameraState::Finished);
             return;
         }
         let wait = backoff.next_wait();
@@ -218,9 +237,7 @@ fn capture_loop(config: &CameraConfig, index: usize, board: &FrameBoard, stop: &
             config.name,
             wait.as_secs()
         );
-        board.update(index, |s| {
-            s.state = CameraState::Retrying(error.to_string())
-        });
+        board.set_state(index, CameraState::Retrying(error.to_string()));
         let until = Instant::now() + wait;
         while Instant::now() < until && !stop.load(Ordering::SeqCst) {
             std::thread::sleep(Duration::from_millis(50));

@@ -8,6 +8,7 @@ mod gallery;
 mod identify;
 mod models;
 mod output;
+mod run;
 
 use clap::{Args, Parser, Subcommand};
 use face_edge::config::Config;
@@ -38,6 +39,8 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the service: cameras -> recognition -> MQTT (or stdout). What systemd starts.
+    Run(run::RunArgs),
     /// Detect faces in images: box, score and 5 landmarks per face.
     Detect(detect::DetectArgs),
     /// Detect, align and embed faces; one JSON object per image with --jsonl.
@@ -132,6 +135,7 @@ impl EmbedderOption {
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Run(a) => run::run(a),
         Command::Detect(a) => detect::run(a),
         Command::Embed(a) => embed::run(a),
         Command::Compare(a) => compare::run(a),
@@ -142,14 +146,33 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// stderr logging for interactive use; `--log-level` wins over RUST_LOG, default "warn".
-pub fn init_logging(level: Option<&str>) {
+/// Logging: to the journal when systemd connected stderr to it (JOURNAL_STREAM), else to stderr.
+/// `--log-level` wins over RUST_LOG; the default is "info" for `run` and "warn" for the other commands.
+pub fn init_logging(level: Option<&str>, service: bool) {
+    let default = if service { "info" } else { "warn" };
+    if systemd_journal_logger::connected_to_journal()
+        && let Ok(journal) = systemd_journal_logger::JournalLog::new()
+        && journal.install().is_ok()
+    {
+        let filter = level
+            .map(str::to_string)
+            .or_else(|| std::env::var("RUST_LOG").ok())
+            .unwrap_or(default.into());
+        log::set_max_level(filter.parse().unwrap_or(log::LevelFilter::Info));
+        return;
+    }
     let mut builder =
-        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"));
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default));
     if let Some(level) = level {
         builder.parse_filters(level);
     }
-    builder.format_timestamp(None).init();
+    builder.format_timestamp_millis().init();
+}
+
+impl Cli {
+    pub fn is_service(&self) -> bool {
+        matches!(self.command, Command::Run(_))
+    }
 }
 
 /// Exit status of a batch: 0 when every input succeeded.

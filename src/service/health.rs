@@ -1,0 +1,84 @@
+//! systemd integration: READY=1, STATUS=, STOPPING=1 and the watchdog, fed only while the pipeline really
+//! makes progress. Every call is a no-op when not started by systemd (no NOTIFY_SOCKET).
+
+use super::worker::{WorkerStats, cameras_healthy};
+use crate::camera::FrameBoard;
+use sd_notify::NotifyState;
+use std::time::{Duration, Instant};
+
+/// The worker must have run its loop this recently (it wakes at least every 100 ms, longer only while
+/// a frame is processed).
+const WORKER_SILENCE: Duration = Duration::from_secs(5);
+const STATUS_EVERY: Duration = Duration::from_secs(5);
+
+pub fn notify_ready() {
+    let _ = sd_notify::notify(&[NotifyState::Ready, NotifyState::Status("running")]);
+}
+
+pub fn notify_stopping() {
+    let _ = sd_notify::notify(&[NotifyState::Stopping]);
+}
+
+pub struct Health {
+    watchdog: Option<Duration>,
+    stall: Duration,
+    last_ping: Instant,
+    last_status: Instant,
+    was_healthy: bool,
+}
+
+impl Health {
+    pub fn new(stall: Duration) -> Health {
+        let watchdog = sd_notify::watchdog_enabled();
+        if let Some(w) = watchdog {
+            log::info!("systemd watchdog every {} ms", w.as_millis());
+        }
+        let long_ago = Instant::now()
+            .checked_sub(Duration::from_secs(3600))
+            .unwrap_or_else(Instant::now);
+        Health {
+            watchdog,
+            stall,
+            last_ping: long_ago,
+            last_status: long_ago,
+            was_healthy: true,
+        }
+    }
+
+    /// Pings the watchdog at half its period while the worker is alive and no streaming camera has
+    /// stalled; updates STATUS= every few seconds.
+    pub fn tick(&mut self, stats: &WorkerStats, board: &FrameBoard, status: &str) {
+        let worker_alive = stats
+            .heartbeat
+            .is_some_and(|t| t.elapsed() < WORKER_SILENCE);
+        let healthy = worker_alive && cameras_healthy(board, self.stall);
+        if healthy != self.was_healthy {
+            if healthy {
+                log::info!("pipeline healthy again");
+            } else {
+                log::error!(
+                    "pipeline stalled (worker alive: {worker_alive}); watchdog no longer fed"
+                );
+            }
+            self.was_healthy = healthy;
+        }
+        if let Some(period) = self.watchdog
+            && healthy
+            && self.last_ping.elapsed() >= period / 2
+        {
+            let _ = sd_notify::notify(&[NotifyState::Watchdog]);
+            self.last_ping = Instant::now();
+        }
+        if self.last_status.elapsed() >= STATUS_EVERY {
+            let _ = sd_notify::notify(&[NotifyState::Status(status)]);
+            self.last_status = Instant::now();
+        }
+    }
+}
+
+/// The SoC temperature in °C, where the kernel exposes it (Raspberry Pi, Jetson).
+pub fn cpu_temperature() -> Option<f64> {
+    let text = std::fs::read_to_string("/sys/class/thermal/thermal_zone0/temp").ok()?;
+    let milli: f64 = text.trim().parse().ok()?;
+    Some((milli / 100.0).round() / 10.0)
+}
