@@ -4,10 +4,11 @@
 //! when it exits.
 
 use super::mjpeg::MjpegSplitter;
-use super::{FrameSource, Payload, SourceError};
+use super::{FrameSource, Payload, SourceError, StopSignal};
 use crate::config::{CameraConfig, PixelFormat};
 use std::collections::VecDeque;
 use std::io::Read;
+use std::os::unix::process::CommandExt;
 use std::process::{Child, ChildStdout, Command, Stdio};
 
 pub struct ExecSource {
@@ -22,7 +23,9 @@ pub struct ExecSource {
 }
 
 impl ExecSource {
-    pub fn spawn(config: &CameraConfig) -> Result<ExecSource, SourceError> {
+    /// Starts the command in a process group of its own, so stopping the camera ends the whole
+    /// pipeline it may start (a shell and its children).
+    pub fn spawn(config: &CameraConfig, stop: &StopSignal) -> Result<ExecSource, SourceError> {
         let (program, args) = config
             .command
             .split_first()
@@ -32,9 +35,11 @@ impl ExecSource {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
+            .process_group(0)
             .spawn()
             .map_err(|e| SourceError::Failed(format!("cannot run {program}: {e}")))?;
         let stdout = child.stdout.take().expect("piped stdout");
+        stop.set_child_group(child.id() as i32);
         Ok(ExecSource {
             name: program.clone(),
             child,
@@ -107,6 +112,10 @@ impl FrameSource for ExecSource {
 
 impl Drop for ExecSource {
     fn drop(&mut self) {
+        // SAFETY: signals the process group created at spawn (its leader is our child).
+        unsafe {
+            libc::kill(-(self.child.id() as i32), libc::SIGTERM);
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -12,7 +12,7 @@ use crate::config::{CameraConfig, CameraKind};
 use crate::image_io::decode_rgb;
 use crate::mqtt::Backoff;
 use image::RgbImage;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
@@ -70,10 +70,13 @@ pub trait FrameSource: Send {
 }
 
 /// Opens the source a camera config describes.
-pub fn open_source(config: &CameraConfig) -> Result<Box<dyn FrameSource>, SourceError> {
+pub fn open_source(
+    config: &CameraConfig,
+    stop: &StopSignal,
+) -> Result<Box<dyn FrameSource>, SourceError> {
     match config.kind {
         CameraKind::V4l2 => Ok(Box::new(v4l2::V4l2Source::open(config)?)),
-        CameraKind::Exec => Ok(Box::new(exec::ExecSource::spawn(config)?)),
+        CameraKind::Exec => Ok(Box::new(exec::ExecSource::spawn(config, stop)?)),
         CameraKind::Files => Ok(Box::new(files::FilesSource::open(config)?)),
     }
 }
@@ -155,9 +158,39 @@ impl FrameBoard {
     }
 }
 
+/// Tells a capture thread to stop, and ends the process group of an exec source so a thread blocked
+/// reading its pipe wakes up.
+#[derive(Debug, Default)]
+pub struct StopSignal {
+    requested: AtomicBool,
+    /// Process group of the running exec child (0: none).
+    child_group: AtomicI32,
+}
+
+impl StopSignal {
+    pub fn is_set(&self) -> bool {
+        self.requested.load(Ordering::SeqCst)
+    }
+
+    pub fn set_child_group(&self, pgid: i32) {
+        self.child_group.store(pgid, Ordering::SeqCst);
+    }
+
+    fn request(&self) {
+        self.requested.store(true, Ordering::SeqCst);
+        let group = self.child_group.swap(0, Ordering::SeqCst);
+        if group > 0 {
+            // SAFETY: kill(2) with a negative pid signals the process group the exec source created.
+            unsafe {
+                libc::kill(-group, libc::SIGTERM);
+            }
+        }
+    }
+}
+
 /// A running capture thread.
 pub struct Capture {
-    stop: Arc<AtomicBool>,
+    stop: Arc<StopSignal>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -165,7 +198,7 @@ impl Capture {
     /// Starts capturing camera `index` into `board`; a source that fails is reopened with backoff
     /// (1 s doubling to 30 s) for as long as the service runs.
     pub fn start(config: CameraConfig, index: usize, board: Arc<FrameBoard>) -> Capture {
-        let stop = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(StopSignal::default());
         let flag = stop.clone();
         let thread = std::thread::Builder::new()
             .name(format!("camera-{}", config.name))
@@ -179,29 +212,29 @@ impl Capture {
 
     /// Asks the thread to stop without waiting (it may be blocked reading a device or a pipe).
     pub fn request_stop(self) {
-        self.stop.store(true, Ordering::SeqCst);
+        self.stop.request();
     }
 
     pub fn stop(mut self) {
-        self.stop.store(true, Ordering::SeqCst);
+        self.stop.request();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
     }
 }
 
-fn capture_loop(config: &CameraConfig, index: usize, board: &FrameBoard, stop: &AtomicBool) {
+fn capture_loop(config: &CameraConfig, index: usize, board: &FrameBoard, stop: &StopSignal) {
     let mut backoff = Backoff::new(Duration::from_secs(30));
     let mut sequence = 0u64;
-    while !stop.load(Ordering::SeqCst) {
+    while !stop.is_set() {
         board.set_state(index, CameraState::Opening);
-        let error = match open_source(config) {
+        let error = match open_source(config, stop) {
             Err(e) => e,
             Ok(mut source) => {
                 log::info!("camera {}: streaming", config.name);
                 board.set_state(index, CameraState::Streaming);
                 loop {
-                    if stop.load(Ordering::SeqCst) {
+                    if stop.is_set() {
                         return;
                     }
                     match source.next_frame() {
@@ -239,7 +272,7 @@ fn capture_loop(config: &CameraConfig, index: usize, board: &FrameBoard, stop: &
         );
         board.set_state(index, CameraState::Retrying(error.to_string()));
         let until = Instant::now() + wait;
-        while Instant::now() < until && !stop.load(Ordering::SeqCst) {
+        while Instant::now() < until && !stop.is_set() {
             std::thread::sleep(Duration::from_millis(50));
         }
     }

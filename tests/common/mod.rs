@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod broker;
+pub mod scene;
 
 use face_edge::models::Catalog;
 use std::path::PathBuf;

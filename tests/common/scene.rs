@@ -1,0 +1,88 @@
+//! Scenes for the service tests: people walking in and out of view, as numbered frames made from the
+//! shared photos (each visit a run of identical frames, separated by empty frames), and the config that
+//! runs face-edge on them.
+#![allow(dead_code)]
+
+use super::{TempDir, data};
+use std::path::{Path, PathBuf};
+
+/// (photo under photos/, frames); None = an empty frame.
+pub type Shot = (Option<&'static str>, usize);
+
+/// Three visits: Obama, a stranger (Lin-Manuel Miranda is not in the gallery), Kit Harington.
+pub const THREE_VISITS: &[Shot] = &[
+    (None, 5),
+    (Some("probes/obama1.jpg"), 15),
+    (None, 20),
+    (Some("probes/lin-manuel-miranda.png"), 15),
+    (None, 20),
+    (Some("probes/johnsnow_test1.jpg"), 15),
+    (None, 20),
+];
+
+/// Writes every distinct picture once as a 640x480 JPEG (letterboxed) and the frames as symlinks to
+/// them, `frames/00001.jpg`... Returns the frames directory.
+pub fn write_frames(dir: &TempDir, shots: &[Shot]) -> PathBuf {
+    let frames = dir.path("frames");
+    let pictures = dir.path("pictures");
+    std::fs::create_dir_all(&frames).unwrap();
+    std::fs::create_dir_all(&pictures).unwrap();
+    let mut n = 0;
+    for (photo, count) in shots {
+        let name = photo.map_or("empty".to_string(), |p| p.replace('/', "_"));
+        let picture = pictures.join(format!("{name}.jpg"));
+        if !picture.exists() {
+            picture_640x480(*photo).save(&picture).unwrap();
+        }
+        for _ in 0..*count {
+            n += 1;
+            std::os::unix::fs::symlink(&picture, frames.join(format!("{n:05}.jpg"))).unwrap();
+        }
+    }
+    frames
+}
+
+/// A photo scaled into a 640x480 frame on black (or an empty dark frame).
+pub fn picture_640x480(photo: Option<&str>) -> image::RgbImage {
+    let mut frame = image::RgbImage::from_pixel(640, 480, image::Rgb([20, 20, 20]));
+    if let Some(p) = photo {
+        let img = image::open(data(&format!("photos/{p}")))
+            .unwrap()
+            .into_rgb8();
+        let scale = (640.0 / img.width() as f32).min(480.0 / img.height() as f32);
+        let (w, h) = (
+            (img.width() as f32 * scale) as u32,
+            (img.height() as f32 * scale) as u32,
+        );
+        let resized = image::imageops::resize(&img, w, h, image::imageops::FilterType::Triangle);
+        image::imageops::replace(
+            &mut frame,
+            &resized,
+            ((640 - w) / 2) as i64,
+            ((480 - h) / 2) as i64,
+        );
+    }
+    frame
+}
+
+/// A config for `face-edge run`: the shared gallery (or `gallery`), MobileFaceNet, the given camera
+/// section, fast timings, and MQTT at `mqtt_url` (or stdout when None).
+pub fn config(
+    dir: &TempDir,
+    gallery: &Path,
+    camera: &str,
+    mqtt_url: Option<&str>,
+    extra: &str,
+) -> PathBuf {
+    let mqtt = mqtt_url.map_or(String::new(), |url| {
+        format!("[mqtt]\nurl = \"{url}\"\nnode_id = \"e2e\"\nreconnect_max_s = 1\nstats_interval_s = 1\nabsence_s = 2\n")
+    });
+    let text = format!(
+        "state_dir = \"{state}\"\n[models]\nembedder = \"mobilefacenet\"\n[gallery]\ndir = \"{gallery}\"\n[tracking]\nlost_after_s = 1.0\n{mqtt}{camera}\n{extra}",
+        state = dir.path("state").display(),
+        gallery = gallery.display(),
+    );
+    let path = dir.path("face-edge.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}

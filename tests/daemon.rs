@@ -1,0 +1,346 @@
+//! `face-edge run` end to end: scenes of people walking in and out through the files and exec sources,
+//! events on a real mosquitto, signals (SIGTERM, SIGKILL, SIGHUP) and the systemd watchdog.
+
+mod common;
+
+use common::broker::{Mosquitto, Received, Subscriber, unsafe_kill};
+use common::scene::{THREE_VISITS, config, write_frames};
+use common::{TempDir, data, face_edge};
+use serde_json::Value;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+fn start(config: &std::path::Path) -> Child {
+    face_edge()
+        .args(["run", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn stderr_of(child: Child) -> String {
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// (type, person) of every message on the events topic, in arrival order, without duplicates.
+fn events(all: &[Received]) -> Vec<(String, Option<String>)> {
+    let mut seen = std::collections::HashSet::new();
+    all.iter()
+        .filter(|m| m.topic == "face-edge/e2e/events")
+        .map(|m| m.json())
+        .filter(|v| seen.insert(v["id"].as_str().unwrap().to_string()))
+        .map(|v| {
+            (
+                v["type"].as_str().unwrap().to_string(),
+                v["person"].as_str().map(str::to_string),
+            )
+        })
+        .collect()
+}
+
+fn pair(kind: &str, person: Option<&str>) -> (String, Option<String>) {
+    (kind.to_string(), person.map(str::to_string))
+}
+
+fn three_visits_expected() -> Vec<(String, Option<String>)> {
+    vec![
+        pair("recognized", Some("obama")),
+        pair("left", Some("obama")),
+        pair("unknown", None),
+        pair("left", None),
+        pair("recognized", Some("kit_harington")),
+        pair("left", Some("kit_harington")),
+    ]
+}
+
+fn gallery() -> std::path::PathBuf {
+    data("photos/gallery")
+}
+
+#[test]
+fn files_source_one_event_per_visit_with_person_states() {
+    let broker = Mosquitto::start("");
+    let sub = Subscriber::start(broker.port, "#");
+    let dir = TempDir::new("files-e2e");
+    let frames = write_frames(&dir, THREE_VISITS);
+    let camera = format!(
+        "[[camera]]\nname = \"hall\"\nkind = \"files\"\npath = \"{}\"\nfps = 10\ndetect_fps = 10\n",
+        frames.display()
+    );
+    let cfg = config(&dir, &gallery(), &camera, Some(&broker.url()), "");
+    let child = start(&cfg);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let all = sub.wait_for("offline", Duration::from_secs(10), |all| {
+        all.iter()
+            .rfind(|m| m.topic == "face-edge/e2e/availability")
+            .is_some_and(|m| m.text() == "offline")
+    });
+    assert_eq!(events(&all), three_visits_expected(), "stderr:\n{stderr}");
+
+    let recognized: Vec<Value> = all
+        .iter()
+        .filter(|m| m.topic == "face-edge/e2e/events")
+        .map(|m| m.json())
+        .filter(|v| v["type"] == "recognized")
+        .collect();
+    assert_eq!(recognized[0]["camera"], "hall");
+    assert!(recognized[0]["score"].as_f64().unwrap() > 0.5);
+    let left = all
+        .iter()
+        .filter(|m| m.topic == "face-edge/e2e/events")
+        .map(|m| m.json())
+        .find(|v| v["type"] == "left")
+        .unwrap();
+    assert!(left["duration_s"].as_f64().unwrap() > 0.5, "{left}");
+    let cam: Vec<String> = all
+        .iter()
+        .filter(|m| m.topic == "face-edge/e2e/cam/hall/event")
+        .map(|m| m.json()["event_type"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(cam, vec!["recognized", "unknown", "recognized"]);
+
+    // Obama: not_home at start, "hall" on recognition, not_home after the absence time.
+    let obama: Vec<String> = all
+        .iter()
+        .filter(|m| m.topic == "face-edge/e2e/person/obama/state")
+        .map(|m| m.json()["state"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(obama.first().map(String::as_str), Some("not_home"));
+    assert!(
+        obama
+            .windows(2)
+            .any(|w| w[0] == "hall" && w[1] == "not_home"),
+        "{obama:?}"
+    );
+    let biden = all
+        .iter()
+        .filter(|m| m.topic == "face-edge/e2e/person/biden/state")
+        .count();
+    assert!(biden >= 1, "every enrolled person gets a state at start");
+    let stats = all
+        .iter()
+        .find(|m| m.topic == "face-edge/e2e/stats")
+        .expect("stats published")
+        .json();
+    for key in [
+        "fps",
+        "detect_ms",
+        "embed_ms",
+        "queue_depth",
+        "dropped_frames",
+        "dropped_events",
+        "uptime_s",
+    ] {
+        assert!(stats.get(key).is_some(), "stats has {key}: {stats}");
+    }
+    assert!(
+        all.iter()
+            .any(|m| m.topic == "homeassistant/device/e2e/config"),
+        "discovery published"
+    );
+}
+
+/// An exec source: a shell script writing the scene's JPEGs to stdout as an MJPEG stream, then idling.
+fn exec_camera(frames: &std::path::Path, fps: u32) -> String {
+    let script = format!(
+        "for f in {}/*.jpg; do cat \"$f\"; sleep {}; done; exec sleep 600",
+        frames.display(),
+        1.0 / fps as f32
+    );
+    format!(
+        "[[camera]]\nname = \"hall\"\nkind = \"exec\"\ncommand = [\"sh\", \"-c\", {script:?}]\nfps = {fps}\ndetect_fps = {fps}\n"
+    )
+}
+
+#[test]
+fn exec_source_and_sigterm() {
+    let broker = Mosquitto::start("");
+    let sub = Subscriber::start(broker.port, "#");
+    let dir = TempDir::new("exec-e2e");
+    let frames = write_frames(&dir, THREE_VISITS);
+    let cfg = config(
+        &dir,
+        &gallery(),
+        &exec_camera(&frames, 10),
+        Some(&broker.url()),
+        "",
+    );
+    let child = start(&cfg);
+    let all = sub.wait_for("three visits", Duration::from_secs(60), |all| {
+        events(all).len() >= 6
+    });
+    assert_eq!(events(&all), three_visits_expected());
+
+    // SIGTERM: offline is published and the process exits 0 within 5 s.
+    let pid = child.id();
+    let asked = Instant::now();
+    unsafe_kill(pid, "TERM");
+    let out = child.wait_with_output().unwrap();
+    let took = asked.elapsed();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(took < Duration::from_secs(5), "stopping took {took:?}");
+    sub.wait_for("offline", Duration::from_secs(5), |all| {
+        all.iter()
+            .rfind(|m| m.topic == "face-edge/e2e/availability")
+            .is_some_and(|m| m.text() == "offline")
+    });
+}
+
+#[test]
+fn sigkill_leaves_the_last_will() {
+    let broker = Mosquitto::start("");
+    let sub = Subscriber::start(broker.port, "face-edge/e2e/availability");
+    let dir = TempDir::new("kill");
+    let frames = write_frames(&dir, &[(Some("probes/obama1.jpg"), 3), (None, 3)]);
+    let camera = format!(
+        "[[camera]]\nname = \"hall\"\nkind = \"files\"\npath = \"{}\"\nloop = true\n",
+        frames.display()
+    );
+    let cfg = config(&dir, &gallery(), &camera, Some(&broker.url()), "");
+    let child = start(&cfg);
+    sub.wait_for("online", Duration::from_secs(30), |all| {
+        all.iter().any(|m| m.text() == "online")
+    });
+    unsafe_kill(child.id(), "KILL");
+    let stderr = stderr_of(child);
+    let all = sub.wait_for(
+        "offline from the last will",
+        Duration::from_secs(20),
+        |all| all.last().is_some_and(|m| m.text() == "offline"),
+    );
+    assert!(
+        !stderr.contains("publishing offline"),
+        "nothing ran after SIGKILL"
+    );
+    assert_eq!(all.last().unwrap().text(), "offline");
+}
+
+#[test]
+fn sighup_makes_a_newly_added_person_recognisable() {
+    let broker = Mosquitto::start("");
+    let sub = Subscriber::start(broker.port, "#");
+    let dir = TempDir::new("hup");
+    let people = dir.path("people");
+    std::fs::create_dir_all(people.join("obama")).unwrap();
+    std::fs::copy(
+        gallery().join("obama/obama.jpg"),
+        people.join("obama/obama.jpg"),
+    )
+    .unwrap();
+    let frames = write_frames(&dir, &[(Some("probes/johnsnow_test1.jpg"), 10)]);
+    let camera = format!(
+        "[[camera]]\nname = \"hall\"\nkind = \"files\"\npath = \"{}\"\nloop = true\nfps = 10\ndetect_fps = 10\n",
+        frames.display()
+    );
+    let cfg = config(&dir, &people, &camera, Some(&broker.url()), "");
+    let child = start(&cfg);
+    sub.wait_for("unknown", Duration::from_secs(30), |all| {
+        events(all).contains(&pair("unknown", None))
+    });
+    assert!(!events(&sub.all()).iter().any(|e| e.0 == "recognized"));
+
+    std::fs::create_dir_all(people.join("kit_harington")).unwrap();
+    std::fs::copy(
+        gallery().join("kit_harington/john1.jpeg"),
+        people.join("kit_harington/john1.jpeg"),
+    )
+    .unwrap();
+    unsafe_kill(child.id(), "HUP");
+    let all = sub.wait_for("recognized after reload", Duration::from_secs(30), |all| {
+        events(all).contains(&pair("recognized", Some("kit_harington")))
+    });
+    // Discovery now lists the new person; their state was published.
+    let discovery = all
+        .iter()
+        .rfind(|m| m.topic == "homeassistant/device/e2e/config")
+        .unwrap()
+        .json();
+    assert!(discovery["cmps"].get("kit_harington_presence").is_some());
+    assert!(
+        all.iter()
+            .any(|m| m.topic == "face-edge/e2e/person/kit_harington/state")
+    );
+    unsafe_kill(child.id(), "TERM");
+    let stderr = stderr_of(child);
+    assert!(stderr.contains("reloading"), "{stderr}");
+}
+
+#[test]
+fn watchdog_is_fed_only_while_frames_flow() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = TempDir::new("watchdog");
+    let socket_path = dir.path("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    // 3 s of frames, then the source goes quiet while staying open (a hung camera).
+    let frames = write_frames(&dir, &[(Some("probes/obama1.jpg"), 30)]);
+    let cfg = config(
+        &dir,
+        &gallery(),
+        &exec_camera(&frames, 10),
+        None,
+        "[service]\nstall_timeout_s = 1.5\n",
+    );
+    let child = face_edge()
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("WATCHDOG_USEC", "400000")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut log: Vec<(Instant, String)> = vec![];
+    let started = Instant::now();
+    let mut buf = [0u8; 4096];
+    while started.elapsed() < Duration::from_secs(12) {
+        if let Ok(n) = socket.recv(&mut buf) {
+            log.push((
+                Instant::now(),
+                String::from_utf8_lossy(&buf[..n]).into_owned(),
+            ));
+        }
+    }
+    unsafe_kill(child.id(), "TERM");
+    let stderr = stderr_of(child);
+    let ready = log
+        .iter()
+        .position(|(_, m)| m.contains("READY=1"))
+        .expect("READY=1 sent");
+    let pings: Vec<Instant> = log
+        .iter()
+        .filter(|(_, m)| m.contains("WATCHDOG=1"))
+        .map(|(t, _)| *t)
+        .collect();
+    assert!(pings.len() >= 3, "fed while frames flow: {log:?}");
+    assert!(
+        log[..ready].iter().all(|(_, m)| !m.contains("WATCHDOG=1")),
+        "no ping before READY"
+    );
+    // After the last ping there must be a long silence (the stall), while the service keeps running
+    // (its STATUS= updates still arrive).
+    let last_ping = *pings.last().unwrap();
+    let end = log.last().unwrap().0.max(started + Duration::from_secs(12));
+    assert!(
+        end.duration_since(last_ping) > Duration::from_secs(4),
+        "pings stopped: {pings:?}"
+    );
+    assert!(
+        log.iter()
+            .any(|(t, m)| *t > last_ping && m.contains("STATUS=")),
+        "still alive: {log:?}"
+    );
+    assert!(stderr.contains("pipeline stalled"), "{stderr}");
+}
