@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod broker;
+pub mod fakecam;
 pub mod scene;
 
 use face_edge::models::Catalog;
