@@ -619,6 +619,41 @@ mod tests {
         assert_eq!(c.gallery.threshold, ThresholdSetting::Auto);
     }
 
+    /// The commented examples of the example config (`# [[camera]]  # example` blocks) are valid too.
+    #[test]
+    fn the_example_config_commented_examples_parse() {
+        let text = include_str!("../config/face-edge.toml");
+        let mut blocks: Vec<String> = vec![];
+        let mut current: Option<String> = None;
+        for line in text.lines() {
+            let uncommented = line.strip_prefix("# ").unwrap_or("");
+            if uncommented.starts_with('[') && uncommented.contains("# example") {
+                blocks.extend(current.take());
+                current = Some(format!(
+                    "{}\n",
+                    uncommented.split('#').next().unwrap().trim()
+                ));
+            } else if let Some(block) = current.as_mut() {
+                let code = uncommented.split(" # ").next().unwrap_or("").trim();
+                if line.trim().is_empty() {
+                    blocks.extend(current.take());
+                } else if code.contains(" = ") && !code.starts_with("The ") {
+                    block.push_str(code);
+                    block.push('\n');
+                }
+            }
+        }
+        blocks.extend(current);
+        assert!(blocks.len() >= 5, "{blocks:?}");
+        for block in &blocks {
+            let config = parse(block).unwrap_or_else(|e| panic!("{e}\n{block}"));
+            assert!(
+                !config.camera.is_empty() || config.mqtt.is_some() || !config.person.is_empty(),
+                "{block}"
+            );
+        }
+    }
+
     #[test]
     fn defaults_apply_to_an_empty_file() {
         let c = parse("").unwrap();
