@@ -100,6 +100,21 @@ fn main() {
     }
     report("detect 640x480 (yunet-2023mar)", detect);
 
+    // Camera frame formats at 640x480: MJPEG (JPEG at quality 85) and YUYV to RGB.
+    let (mut mjpeg, mut yuyv) = (vec![], vec![]);
+    for frame in &frames {
+        let mut jpeg = Vec::new();
+        let encoder = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 85);
+        frame.write_with_encoder(encoder).unwrap();
+        let raw = face_edge::camera::yuyv::from_rgb(frame);
+        for _ in 0..ROUNDS {
+            time(&mut mjpeg, || decode_rgb(&jpeg).unwrap());
+            time(&mut yuyv, || face_edge::camera::yuyv::to_rgb(&raw, 640, 480).unwrap());
+        }
+    }
+    report("decode MJPEG frame 640x480 (zune-jpeg)", mjpeg);
+    report("convert YUYV frame 640x480 to RGB", yuyv);
+
     for id in [
         "mobilefacenet",
         "japanese-face-v1-standin",
