@@ -344,3 +344,141 @@ fn watchdog_is_fed_only_while_frames_flow() {
     );
     assert!(stderr.contains("pipeline stalled"), "{stderr}");
 }
+
+#[test]
+fn mqtt_requests_enroll_snapshot_and_reload() {
+    let broker = Mosquitto::start("");
+    let sub = Subscriber::start(broker.port, "#");
+    let dir = TempDir::new("requests");
+    let people = dir.path("people");
+    std::fs::create_dir_all(people.join("obama")).unwrap();
+    std::fs::copy(
+        gallery().join("obama/obama.jpg"),
+        people.join("obama/obama.jpg"),
+    )
+    .unwrap();
+    let frames = write_frames(&dir, &[(Some("probes/johnsnow_test1.jpg"), 10)]);
+    let camera = format!(
+        "[[camera]]\nname = \"hall\"\nkind = \"files\"\npath = \"{}\"\nloop = true\nfps = 10\ndetect_fps = 10\n",
+        frames.display()
+    );
+    let cfg = config(&dir, &people, &camera, Some(&broker.url()), "");
+    let child = start(&cfg);
+    sub.wait_for("the stranger", Duration::from_secs(30), |all| {
+        events(all).contains(&pair("unknown", None))
+    });
+
+    let response = |command: &str, transaction: &str| {
+        let topic = format!("face-edge/e2e/response/{command}");
+        let transaction = transaction.to_string();
+        move |all: &[Received]| {
+            all.iter()
+                .any(|m| m.topic == topic && m.json()["transaction"] == transaction.as_str())
+        }
+    };
+    let find = |all: &[Received], command: &str| {
+        all.iter()
+            .rfind(|m| m.topic == format!("face-edge/e2e/response/{command}"))
+            .unwrap()
+            .json()
+    };
+
+    // The last face crop of the camera, on request (snapshots are off in the config).
+    sub.publish(
+        "face-edge/e2e/request/snapshot",
+        r#"{"camera": "hall", "transaction": "s1"}"#,
+        false,
+    );
+    let all = sub.wait_for(
+        "snapshot response",
+        Duration::from_secs(20),
+        response("snapshot", "s1"),
+    );
+    assert_eq!(find(&all, "snapshot")["status"], "ok");
+    let jpeg = all
+        .iter()
+        .rfind(|m| m.topic == "face-edge/e2e/cam/hall/snapshot")
+        .expect("snapshot published");
+    let crop = image::load_from_memory(&jpeg.payload).unwrap();
+    assert_eq!(
+        (crop.width(), crop.height()),
+        (112, 112),
+        "the aligned crop"
+    );
+
+    // Errors are answered, not ignored.
+    sub.publish(
+        "face-edge/e2e/request/enroll",
+        r#"{"person": "Kit!", "transaction": "bad"}"#,
+        false,
+    );
+    let all = sub.wait_for(
+        "enroll error",
+        Duration::from_secs(20),
+        response("enroll", "bad"),
+    );
+    assert_eq!(find(&all, "enroll")["status"], "error");
+    sub.publish(
+        "face-edge/e2e/request/dance",
+        r#"{"transaction": "d"}"#,
+        false,
+    );
+    let all = sub.wait_for(
+        "unknown command",
+        Duration::from_secs(20),
+        response("dance", "d"),
+    );
+    assert!(
+        find(&all, "dance")["error"]
+            .as_str()
+            .unwrap()
+            .contains("unknown command")
+    );
+
+    // Enrol the stranger from the camera: photos are saved, the gallery re-synced, and the open track
+    // is recognised from then on.
+    sub.publish(
+        "face-edge/e2e/request/enroll",
+        r#"{"person": "kit_harington", "camera": "hall", "frames": 3, "transaction": "e1"}"#,
+        false,
+    );
+    let all = sub.wait_for(
+        "enroll response",
+        Duration::from_secs(60),
+        response("enroll", "e1"),
+    );
+    let enrolled = find(&all, "enroll");
+    assert_eq!(enrolled["status"], "ok", "{enrolled}");
+    assert_eq!(enrolled["data"]["photos"].as_array().unwrap().len(), 3);
+    assert!(
+        dir.path("state/enrolled/kit_harington")
+            .read_dir()
+            .unwrap()
+            .count()
+            == 3
+    );
+    sub.wait_for(
+        "recognized after enrolment",
+        Duration::from_secs(30),
+        |all| events(all).contains(&pair("recognized", Some("kit_harington"))),
+    );
+
+    // reload_gallery re-reads the configuration: removing obama's folder forgets him.
+    std::fs::remove_dir_all(people.join("obama")).unwrap();
+    sub.publish(
+        "face-edge/e2e/request/reload_gallery",
+        r#"{"transaction": "r1"}"#,
+        false,
+    );
+    let all = sub.wait_for(
+        "reload response",
+        Duration::from_secs(30),
+        response("reload_gallery", "r1"),
+    );
+    let reloaded = find(&all, "reload_gallery");
+    assert_eq!(reloaded["status"], "ok");
+    assert_eq!(reloaded["data"]["forgotten"], serde_json::json!(["obama"]));
+    assert_eq!(reloaded["data"]["people"], 1);
+    unsafe_kill(child.id(), "TERM");
+    stderr_of(child);
+}

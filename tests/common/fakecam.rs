@@ -11,7 +11,8 @@ pub fn shim() -> PathBuf {
         .get_or_init(|| {
             let source = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fakecam/fakecam.c");
             let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("fakecam.so");
-            let cc = std::env::var("CC").unwrap_or_else(|_| "cc".to_string());
+            // FACE_EDGE_TEST_CC: the target's compiler when the tests run under an emulator.
+            let cc = std::env::var("FACE_EDGE_TEST_CC").unwrap_or_else(|_| "cc".to_string());
             // No _FORTIFY_SOURCE: it would redirect open() to __open_2, bypassing the shim.
             let status = std::process::Command::new(&cc)
                 .args([

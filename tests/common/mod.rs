@@ -42,9 +42,21 @@ pub fn read_json(rel: &str) -> serde_json::Value {
     serde_json::from_str(&text).unwrap()
 }
 
-/// The face-edge binary with the models directory set.
+/// The face-edge binary with the models directory set. When the tests run for another architecture
+/// under an emulator (`FACE_EDGE_TEST_RUNNER`, e.g. "qemu-aarch64-static -cpu cortex-a72 -L
+/// /usr/aarch64-linux-gnu"), the binary is started through it: there is no binfmt_misc to do so.
 pub fn face_edge() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_face-edge"));
+    let binary = env!("CARGO_BIN_EXE_face-edge");
+    let runner = std::env::var("FACE_EDGE_TEST_RUNNER").unwrap_or_default();
+    let mut words = runner.split_whitespace();
+    let mut cmd = match words.next() {
+        Some(program) => {
+            let mut c = Command::new(program);
+            c.args(words).arg(binary);
+            c
+        }
+        None => Command::new(binary),
+    };
     cmd.env("FACE_EDGE_MODELS_DIR", models_dir())
         .env_remove("RUST_LOG");
     cmd
