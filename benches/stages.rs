@@ -101,7 +101,7 @@ fn main() {
     report("detect 640x480 (yunet-2023mar)", detect);
 
     // Camera frame formats at 640x480: MJPEG (JPEG at quality 85) and YUYV to RGB.
-    let (mut mjpeg, mut yuyv) = (vec![], vec![]);
+    let (mut mjpeg, mut yuyv, mut legacy) = (vec![], vec![], vec![]);
     for frame in &frames {
         let mut jpeg = Vec::new();
         let encoder = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 85);
@@ -109,12 +109,14 @@ fn main() {
         let raw = face_edge::camera::yuyv::from_rgb(frame);
         for _ in 0..ROUNDS {
             time(&mut mjpeg, || decode_rgb(&jpeg).unwrap());
+            time(&mut legacy, || jpeg_decoder::Decoder::new(&jpeg[..]).decode().unwrap());
             time(&mut yuyv, || {
                 face_edge::camera::yuyv::to_rgb(&raw, 640, 480).unwrap()
             });
         }
     }
-    report("decode MJPEG frame 640x480 (zune-jpeg)", mjpeg);
+    report("decode MJPEG frame 640x480 (image: zune-jpeg)", mjpeg);
+    report("decode MJPEG frame 640x480 (jpeg-decoder)", legacy);
     report("convert YUYV frame 640x480 to RGB", yuyv);
 
     for id in [
