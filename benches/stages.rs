@@ -109,7 +109,9 @@ fn main() {
         let raw = face_edge::camera::yuyv::from_rgb(frame);
         for _ in 0..ROUNDS {
             time(&mut mjpeg, || decode_rgb(&jpeg).unwrap());
-            time(&mut legacy, || jpeg_decoder::Decoder::new(&jpeg[..]).decode().unwrap());
+            time(&mut legacy, || {
+                jpeg_decoder::Decoder::new(&jpeg[..]).decode().unwrap()
+            });
             time(&mut yuyv, || {
                 face_edge::camera::yuyv::to_rgb(&raw, 640, 480).unwrap()
             });

@@ -4,7 +4,7 @@
 mod common;
 
 use common::broker::{Mosquitto, Received, Subscriber, unsafe_kill};
-use common::scene::{THREE_VISITS, config, write_frames};
+use common::scene::{THREE_VISITS, config, events, pair, write_frames};
 use common::{TempDir, data, face_edge};
 use serde_json::Value;
 use std::process::{Child, Stdio};
@@ -24,26 +24,6 @@ fn start(config: &std::path::Path) -> Child {
 fn stderr_of(child: Child) -> String {
     let out = child.wait_with_output().unwrap();
     String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// (type, person) of every message on the events topic, in arrival order, without duplicates.
-fn events(all: &[Received]) -> Vec<(String, Option<String>)> {
-    let mut seen = std::collections::HashSet::new();
-    all.iter()
-        .filter(|m| m.topic == "face-edge/e2e/events")
-        .map(|m| m.json())
-        .filter(|v| seen.insert(v["id"].as_str().unwrap().to_string()))
-        .map(|v| {
-            (
-                v["type"].as_str().unwrap().to_string(),
-                v["person"].as_str().map(str::to_string),
-            )
-        })
-        .collect()
-}
-
-fn pair(kind: &str, person: Option<&str>) -> (String, Option<String>) {
-    (kind.to_string(), person.map(str::to_string))
 }
 
 fn three_visits_expected() -> Vec<(String, Option<String>)> {

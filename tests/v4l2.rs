@@ -4,8 +4,8 @@
 
 mod common;
 
-use common::broker::{Mosquitto, Received, Subscriber, unsafe_kill};
-use common::scene::{Shot, THREE_VISITS, config, picture_640x480, write_frames};
+use common::broker::{Mosquitto, Subscriber, unsafe_kill};
+use common::scene::{Shot, THREE_VISITS, config, events, pair, picture_640x480, write_frames};
 use common::{TempDir, data, face_edge};
 use std::path::Path;
 use std::process::{Child, Stdio};
@@ -40,25 +40,6 @@ fn stop(child: Child) -> String {
     unsafe_kill(child.id(), "TERM");
     let out = child.wait_with_output().unwrap();
     String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn events(all: &[Received]) -> Vec<(String, Option<String>)> {
-    let mut seen = std::collections::HashSet::new();
-    all.iter()
-        .filter(|m| m.topic == "face-edge/e2e/events")
-        .map(|m| m.json())
-        .filter(|v| seen.insert(v["id"].as_str().unwrap().to_string()))
-        .map(|v| {
-            (
-                v["type"].as_str().unwrap().to_string(),
-                v["person"].as_str().map(str::to_string),
-            )
-        })
-        .collect()
-}
-
-fn pair(kind: &str, person: Option<&str>) -> (String, Option<String>) {
-    (kind.to_string(), person.map(str::to_string))
 }
 
 #[test]

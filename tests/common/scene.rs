@@ -86,3 +86,24 @@ pub fn config(
     std::fs::write(&path, text).unwrap();
     path
 }
+
+/// (type, person) of every message on `face-edge/e2e/events`, in arrival order, without the duplicates
+/// QoS 1 may deliver (same event id).
+pub fn events(all: &[super::broker::Received]) -> Vec<(String, Option<String>)> {
+    let mut seen = std::collections::HashSet::new();
+    all.iter()
+        .filter(|m| m.topic == "face-edge/e2e/events")
+        .map(|m| m.json())
+        .filter(|v| seen.insert(v["id"].as_str().unwrap().to_string()))
+        .map(|v| {
+            (
+                v["type"].as_str().unwrap().to_string(),
+                v["person"].as_str().map(str::to_string),
+            )
+        })
+        .collect()
+}
+
+pub fn pair(kind: &str, person: Option<&str>) -> (String, Option<String>) {
+    (kind.to_string(), person.map(str::to_string))
+}
