@@ -378,6 +378,19 @@ impl Presence {
     }
 }
 
+/// The component platforms face-edge announces, as static names (discovery keeps them per component).
+pub fn platform(name: &str) -> Option<&'static str> {
+    [
+        "binary_sensor",
+        "device_tracker",
+        "event",
+        "image",
+        "sensor",
+    ]
+    .into_iter()
+    .find(|p| *p == name)
+}
+
 /// What the Home Assistant discovery document describes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DiscoveryInput {

@@ -133,13 +133,21 @@ fn encode(data: &StoreData) -> Vec<u8> {
 /// Replaces the store atomically: readers see the old or the new file, never a mix; a crash leaves at
 /// most a temporary file, which the next save removes.
 pub fn save(state_dir: &Path, data: &StoreData) -> Result<(), StoreError> {
+    let result = write_atomically(state_dir, STORE_FILE, &encode(data));
+    remove_stale_temporaries(state_dir);
+    result
+}
+
+/// Writes `<dir>/<name>` so that readers see the old or the new content, never a mix, and a crash
+/// leaves at most a temporary file: temporary file (mode 0600), fsync, rename, fsync of the directory.
+pub fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| StoreError::Io { path, source }
     };
-    std::fs::create_dir_all(state_dir).map_err(io(state_dir))?;
-    let final_path = store_path(state_dir);
-    let tmp = state_dir.join(format!(".{STORE_FILE}.tmp-{}", std::process::id()));
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let final_path = dir.join(name);
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let result = (|| {
         let mut file = OpenOptions::new()
             .write(true)
@@ -148,17 +156,14 @@ pub fn save(state_dir: &Path, data: &StoreData) -> Result<(), StoreError> {
             .mode(0o600)
             .open(&tmp)
             .map_err(io(&tmp))?;
-        file.write_all(&encode(data)).map_err(io(&tmp))?;
+        file.write_all(bytes).map_err(io(&tmp))?;
         file.sync_all().map_err(io(&tmp))?;
         std::fs::rename(&tmp, &final_path).map_err(io(&final_path))?;
-        File::open(state_dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io(state_dir))
+        File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
-    remove_stale_temporaries(state_dir);
     result
 }
 

@@ -462,3 +462,54 @@ fn mqtt_requests_enroll_snapshot_and_reload() {
     unsafe_kill(child.id(), "TERM");
     stderr_of(child);
 }
+
+#[test]
+fn a_person_removed_while_stopped_is_removed_from_home_assistant_at_the_next_start() {
+    let broker = Mosquitto::start("");
+    let sub = Subscriber::start(broker.port, "homeassistant/device/e2e/config");
+    let dir = TempDir::new("ha-removal");
+    let people = dir.path("people");
+    for (person, photo) in [
+        ("obama", "obama/obama.jpg"),
+        ("kit_harington", "kit_harington/john1.jpeg"),
+    ] {
+        std::fs::create_dir_all(people.join(person)).unwrap();
+        std::fs::copy(gallery().join(photo), people.join(photo)).unwrap();
+    }
+    let frames = write_frames(&dir, &[(None, 2)]);
+    let camera = format!(
+        "[[camera]]\nname = \"hall\"\nkind = \"files\"\npath = \"{}\"\n",
+        frames.display()
+    );
+    let cfg = config(&dir, &people, &camera, Some(&broker.url()), "");
+    let run_once = || {
+        let out = start(&cfg).wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run_once();
+    let first = sub.wait_for("first discovery", Duration::from_secs(20), |all| {
+        !all.is_empty()
+    });
+    assert!(first[0].json()["cmps"]["kit_harington_presence"]["p"] == "binary_sensor");
+
+    std::fs::remove_dir_all(people.join("kit_harington")).unwrap();
+    run_once();
+    let all = sub.wait_for("second discovery", Duration::from_secs(20), |all| {
+        all.len() >= 2
+    });
+    let cmps = all.last().unwrap().json()["cmps"].clone();
+    assert_eq!(
+        cmps["kit_harington_presence"],
+        serde_json::json!({"p": "binary_sensor"}),
+        "removed: {cmps}"
+    );
+    assert_eq!(
+        cmps["kit_harington_tracker"],
+        serde_json::json!({"p": "device_tracker"})
+    );
+    assert!(cmps["obama_presence"].get("state_topic").is_some());
+}

@@ -112,6 +112,7 @@ impl Worker {
     ) -> Worker {
         let absence = Duration::from_secs(config.mqtt.as_ref().map_or(120, |m| m.absence_s));
         let builder = EventBuilder::new(topics.clone(), pipeline.embedder.id(), SystemTime::now());
+        let config_state_dir = config.state_dir.clone();
         let cameras = config
             .camera
             .iter()
@@ -128,7 +129,7 @@ impl Worker {
             sink,
             topics,
             builder,
-            discovered: BTreeMap::new(),
+            discovered: load_discovered(&config_state_dir),
             stats,
             enroll: None,
         }
@@ -158,6 +159,9 @@ impl Worker {
             off_delay_s: mqtt.absence_s + mqtt.absence_s / 2,
         };
         let (message, current) = discovery(&self.topics, &input, &self.discovered);
+        if current != self.discovered {
+            save_discovered(&self.config.state_dir, &current);
+        }
         self.discovered = current;
         self.sink.send(message);
     }
@@ -568,6 +572,33 @@ fn camera_runtime(c: &crate::config::CameraConfig, tracking: &TrackingConfig) ->
         next_due: Instant::now(),
         tracker: Tracker::new(&c.name, tracking.clone()),
         last_crop: None,
+    }
+}
+
+/// The Home Assistant components announced last, kept in the state directory so that people removed
+/// while face-edge was stopped are still removed from Home Assistant at the next start.
+const DISCOVERED_FILE: &str = "discovery.json";
+
+fn load_discovered(state_dir: &std::path::Path) -> BTreeMap<String, &'static str> {
+    let Ok(text) = std::fs::read_to_string(state_dir.join(DISCOVERED_FILE)) else {
+        return BTreeMap::new();
+    };
+    let Ok(map) = serde_json::from_str::<BTreeMap<String, String>>(&text) else {
+        log::warn!(
+            "{}: unreadable, ignored",
+            state_dir.join(DISCOVERED_FILE).display()
+        );
+        return BTreeMap::new();
+    };
+    map.into_iter()
+        .filter_map(|(k, p)| crate::events::platform(&p).map(|p| (k, p)))
+        .collect()
+}
+
+fn save_discovered(state_dir: &std::path::Path, components: &BTreeMap<String, &'static str>) {
+    let json = serde_json::to_vec(components).expect("map serialises");
+    if let Err(e) = crate::store::write_atomically(state_dir, DISCOVERED_FILE, &json) {
+        log::warn!("cannot remember the announced Home Assistant components: {e}");
     }
 }
 
