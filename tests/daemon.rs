@@ -513,3 +513,71 @@ fn a_person_removed_while_stopped_is_removed_from_home_assistant_at_the_next_sta
     );
     assert!(cmps["obama_presence"].get("state_topic").is_some());
 }
+
+#[test]
+fn sighup_restarts_only_a_changed_camera() {
+    let broker = Mosquitto::start("");
+    let sub = Subscriber::start(broker.port, "face-edge/e2e/#");
+    let dir = TempDir::new("hup-camera");
+    let obama_dir = TempDir::new("obama-frames");
+    let obama = write_frames(&obama_dir, &[(Some("probes/obama1.jpg"), 5)]);
+    let kit_dir = TempDir::new("kit-frames");
+    let kit = write_frames(&kit_dir, &[(Some("probes/johnsnow_test1.jpg"), 5)]);
+    let blank_dir = TempDir::new("blank-frames");
+    let blank = write_frames(&blank_dir, &[(None, 5)]);
+    let camera = |name: &str, path: &std::path::Path| {
+        format!(
+            "[[camera]]\nname = \"{name}\"\nkind = \"files\"\npath = \"{}\"\nloop = true\nfps = 10\ndetect_fps = 10\n",
+            path.display()
+        )
+    };
+    let cfg = config(
+        &dir,
+        &gallery(),
+        &(camera("hall", &obama) + &camera("porch", &blank)),
+        Some(&broker.url()),
+        "",
+    );
+    let child = start(&cfg);
+    sub.wait_for("obama in the hall", Duration::from_secs(30), |all| {
+        events(all).contains(&pair("recognized", Some("obama")))
+    });
+
+    // Point the hall camera at other frames; the porch camera is unchanged.
+    config(
+        &dir,
+        &gallery(),
+        &(camera("hall", &kit) + &camera("porch", &blank)),
+        Some(&broker.url()),
+        "",
+    );
+    unsafe_kill(child.id(), "HUP");
+    let all = sub.wait_for("kit in the hall", Duration::from_secs(30), |all| {
+        events(all).contains(&pair("recognized", Some("kit_harington")))
+    });
+    let seen = events(&all);
+    let obama_left = seen
+        .iter()
+        .position(|e| *e == pair("left", Some("obama")))
+        .expect("the hall's track ended");
+    let kit = seen
+        .iter()
+        .position(|e| *e == pair("recognized", Some("kit_harington")))
+        .unwrap();
+    assert!(obama_left < kit, "{seen:?}");
+    unsafe_kill(child.id(), "TERM");
+    let stderr = stderr_of(child);
+    assert!(
+        stderr.contains("camera hall: configuration changed; restarting it"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("camera porch: configuration changed"),
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr.matches("camera porch: streaming").count(),
+        1,
+        "the porch camera kept running: {stderr}"
+    );
+}
