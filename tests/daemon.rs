@@ -205,11 +205,12 @@ fn sigkill_leaves_the_last_will() {
     assert_eq!(all.last().unwrap().text(), "offline");
 }
 
-#[test]
-fn sighup_makes_a_newly_added_person_recognisable() {
-    let broker = Mosquitto::start("");
-    let sub = Subscriber::start(broker.port, "#");
-    let dir = TempDir::new("hup");
+/// A gallery of Obama alone and a looping camera showing Kit Harington, who is therefore a stranger
+/// until he is added. Returns the gallery directory and the config.
+fn stranger_in_the_hall(
+    dir: &TempDir,
+    broker: &Mosquitto,
+) -> (std::path::PathBuf, std::path::PathBuf) {
     let people = dir.path("people");
     std::fs::create_dir_all(people.join("obama")).unwrap();
     std::fs::copy(
@@ -217,12 +218,21 @@ fn sighup_makes_a_newly_added_person_recognisable() {
         people.join("obama/obama.jpg"),
     )
     .unwrap();
-    let frames = write_frames(&dir, &[(Some("probes/johnsnow_test1.jpg"), 10)]);
+    let frames = write_frames(dir, &[(Some("probes/johnsnow_test1.jpg"), 10)]);
     let camera = format!(
         "[[camera]]\nname = \"hall\"\nkind = \"files\"\npath = \"{}\"\nloop = true\nfps = 10\ndetect_fps = 10\n",
         frames.display()
     );
-    let cfg = config(&dir, &people, &camera, Some(&broker.url()), "");
+    let cfg = config(dir, &people, &camera, Some(&broker.url()), "");
+    (people, cfg)
+}
+
+#[test]
+fn sighup_makes_a_newly_added_person_recognisable() {
+    let broker = Mosquitto::start("");
+    let sub = Subscriber::start(broker.port, "#");
+    let dir = TempDir::new("hup");
+    let (people, cfg) = stranger_in_the_hall(&dir, &broker);
     let child = start(&cfg);
     sub.wait_for("unknown", Duration::from_secs(30), |all| {
         events(all).contains(&pair("unknown", None))
@@ -330,19 +340,7 @@ fn mqtt_requests_enroll_snapshot_and_reload() {
     let broker = Mosquitto::start("");
     let sub = Subscriber::start(broker.port, "#");
     let dir = TempDir::new("requests");
-    let people = dir.path("people");
-    std::fs::create_dir_all(people.join("obama")).unwrap();
-    std::fs::copy(
-        gallery().join("obama/obama.jpg"),
-        people.join("obama/obama.jpg"),
-    )
-    .unwrap();
-    let frames = write_frames(&dir, &[(Some("probes/johnsnow_test1.jpg"), 10)]);
-    let camera = format!(
-        "[[camera]]\nname = \"hall\"\nkind = \"files\"\npath = \"{}\"\nloop = true\nfps = 10\ndetect_fps = 10\n",
-        frames.display()
-    );
-    let cfg = config(&dir, &people, &camera, Some(&broker.url()), "");
+    let (people, cfg) = stranger_in_the_hall(&dir, &broker);
     let child = start(&cfg);
     sub.wait_for("the stranger", Duration::from_secs(30), |all| {
         events(all).contains(&pair("unknown", None))

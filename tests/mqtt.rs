@@ -9,7 +9,7 @@ use face_edge::config::MqttConfig;
 use face_edge::events::{
     self, DiscoveryInput, EventBuilder, EventType, FaceEvent, Message, Presence, Topics,
 };
-use face_edge::mqtt::{Incoming, Publisher};
+use face_edge::mqtt::{Incoming, LinkStatus, Publisher};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -45,16 +45,17 @@ fn face_event(n: u64, kind: EventType) -> FaceEvent {
     }
 }
 
-fn wait_connected(p: &Publisher) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    while !p.status().connected {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "not connected: {:?}",
-            p.status()
-        );
-        std::thread::sleep(Duration::from_millis(50));
+/// Waits until the publisher's status satisfies `until`; panics with the status after `timeout`.
+fn wait_status(p: &Publisher, timeout: Duration, until: impl Fn(&LinkStatus) -> bool) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !until(&p.status()) {
+        assert!(std::time::Instant::now() < deadline, "{:?}", p.status());
+        std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+fn wait_connected(p: &Publisher) {
+    wait_status(p, Duration::from_secs(15), |s| s.connected);
 }
 
 #[test]
@@ -355,15 +356,9 @@ fn a_full_queue_drops_the_oldest_events_and_counts_them() {
         "face-edge/test-node/person/alice/state".into(),
         b"{\"state\":\"not_home\"}".to_vec(),
     ));
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while publisher.status().dropped_events < 3 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{:?}",
-            publisher.status()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_status(&publisher, Duration::from_secs(10), |s| {
+        s.dropped_events >= 3
+    });
     let status = publisher.status();
     assert_eq!(status.dropped_events, 3);
     assert_eq!(status.queued, 6, "5 events + the latest state");
@@ -492,11 +487,9 @@ fn tls_connects_with_the_right_ca_and_refuses_the_wrong_one() {
     bad.ca_file = Some(certs.path("other-ca.pem"));
     let (tx, _rx) = mpsc::channel();
     let publisher = Publisher::start(&bad, topics(), tx).unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    while publisher.status().last_error.is_none() {
-        assert!(std::time::Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_status(&publisher, Duration::from_secs(15), |s| {
+        s.last_error.is_some()
+    });
     let status = publisher.status();
     assert!(!status.connected);
     let error = status.last_error.unwrap();
@@ -541,15 +534,7 @@ fn a_wrong_password_is_reported_and_retried_with_backoff() {
     cfg.password_file = Some(secret.clone());
     let (tx, _rx) = mpsc::channel();
     let publisher = Publisher::start(&cfg, topics(), tx).unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while publisher.status().failures < 3 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{:?}",
-            publisher.status()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_status(&publisher, Duration::from_secs(20), |s| s.failures >= 3);
     let s = publisher.status();
     assert_eq!(s.connections, 0);
     assert!(
