@@ -4,7 +4,7 @@
 mod common;
 
 use common::broker::{Mosquitto, Received, Subscriber, unsafe_kill};
-use common::scene::{THREE_VISITS, config, events, pair, write_frames};
+use common::scene::{THREE_VISITS, config, events, pair, three_visits_expected, write_frames};
 use common::{TempDir, data, face_edge};
 use serde_json::Value;
 use std::process::{Child, Stdio};
@@ -24,17 +24,6 @@ fn start(config: &std::path::Path) -> Child {
 fn stderr_of(child: Child) -> String {
     let out = child.wait_with_output().unwrap();
     String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn three_visits_expected() -> Vec<(String, Option<String>)> {
-    vec![
-        pair("recognized", Some("obama")),
-        pair("left", Some("obama")),
-        pair("unknown", None),
-        pair("left", None),
-        pair("recognized", Some("kit_harington")),
-        pair("left", Some("kit_harington")),
-    ]
 }
 
 fn gallery() -> std::path::PathBuf {

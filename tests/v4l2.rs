@@ -5,7 +5,9 @@
 mod common;
 
 use common::broker::{Mosquitto, Subscriber, unsafe_kill};
-use common::scene::{Shot, THREE_VISITS, config, events, pair, picture_640x480, write_frames};
+use common::scene::{
+    Shot, THREE_VISITS, config, events, pair, picture_640x480, three_visits_expected, write_frames,
+};
 use common::{TempDir, data, face_edge};
 use std::path::Path;
 use std::process::{Child, Stdio};
@@ -66,14 +68,7 @@ fn mjpeg_camera_three_visits() {
     let stderr = stop(child);
     assert_eq!(
         events(&all)[..6].to_vec(),
-        vec![
-            pair("recognized", Some("obama")),
-            pair("left", Some("obama")),
-            pair("unknown", None),
-            pair("left", None),
-            pair("recognized", Some("kit_harington")),
-            pair("left", Some("kit_harington")),
-        ],
+        three_visits_expected(),
         "{stderr}"
     );
     assert!(

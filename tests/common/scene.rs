@@ -107,3 +107,15 @@ pub fn events(all: &[super::broker::Received]) -> Vec<(String, Option<String>)> 
 pub fn pair(kind: &str, person: Option<&str>) -> (String, Option<String>) {
     (kind.to_string(), person.map(str::to_string))
 }
+
+/// The events THREE_VISITS must produce, in order.
+pub fn three_visits_expected() -> Vec<(String, Option<String>)> {
+    vec![
+        pair("recognized", Some("obama")),
+        pair("left", Some("obama")),
+        pair("unknown", None),
+        pair("left", None),
+        pair("recognized", Some("kit_harington")),
+        pair("left", Some("kit_harington")),
+    ]
+}
