@@ -568,3 +568,57 @@ fn sighup_restarts_only_a_changed_camera() {
         "the porch camera kept running: {stderr}"
     );
 }
+
+#[test]
+fn the_broker_password_comes_from_systemd_credentials() {
+    let dir = TempDir::new("credentials");
+    let passwords = dir.path("passwd");
+    let made = std::process::Command::new("mosquitto_passwd")
+        .args(["-c", "-b"])
+        .arg(&passwords)
+        .args(["edge", "s3cret-from-credentials"])
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let broker = Mosquitto::start(&format!("password_file {}\n", passwords.display()));
+    let credentials = dir.path("creds");
+    std::fs::create_dir_all(&credentials).unwrap();
+    std::fs::write(
+        credentials.join("mqtt-password"),
+        "s3cret-from-credentials\n",
+    )
+    .unwrap();
+    let frames = write_frames(&dir, &[(None, 2)]);
+    let camera = format!(
+        "[[camera]]\nname = \"hall\"\nkind = \"files\"\npath = \"{}\"\nloop = true\n",
+        frames.display()
+    );
+    let cfg = config(&dir, &gallery(), &camera, Some(&broker.url()), "");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "node_id = \"e2e\"\n",
+        "node_id = \"e2e\"\nusername = \"edge\"\n",
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let child = face_edge()
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .env("CREDENTIALS_DIRECTORY", &credentials)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !broker.log().contains("u'edge'") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    unsafe_kill(child.id(), "TERM");
+    let stderr = stderr_of(child);
+    let log = broker.log();
+    assert!(
+        log.contains("as face-edge-e2e") && log.contains("u'edge'"),
+        "connected with the user: {log}\n{stderr}"
+    );
+    assert!(stderr.contains("MQTT connected"), "{stderr}");
+    assert!(!stderr.contains("s3cret"), "the password is never logged");
+}

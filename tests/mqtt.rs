@@ -563,3 +563,69 @@ fn a_wrong_password_is_reported_and_retried_with_backoff() {
     publisher.shutdown(Duration::from_secs(1));
     assert!(!broker.log().contains("right-secret"));
 }
+
+#[test]
+fn a_broker_requiring_client_certificates_accepts_the_configured_one() {
+    let certs = TempDir::new("client-certs");
+    make_certificates(&certs);
+    // An X.509 v3 client certificate (webpki refuses v1).
+    std::fs::write(certs.path("client.ext"), "extendedKeyUsage = clientAuth\n").unwrap();
+    openssl(
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "client.key",
+            "-out",
+            "client.csr",
+            "-subj",
+            "/CN=face-edge",
+        ],
+        &certs,
+    );
+    openssl(
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "client.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "client.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "client.ext",
+        ],
+        &certs,
+    );
+    let broker = Mosquitto::start(&format!(
+        "cafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate true\n",
+        certs.path("ca.pem").display(),
+        certs.path("server.pem").display(),
+        certs.path("server.key").display()
+    ));
+    let url = format!("mqtts://127.0.0.1:{}", broker.port);
+    let mut cfg = config(&url);
+    cfg.ca_file = Some(certs.path("ca.pem"));
+
+    // Without a client certificate the broker closes the connection.
+    let (tx, _rx) = mpsc::channel();
+    let anonymous = Publisher::start(&cfg, topics(), tx).unwrap();
+    wait_status(&anonymous, Duration::from_secs(15), |s| s.failures >= 1);
+    assert_eq!(anonymous.status().connections, 0);
+    anonymous.shutdown(Duration::from_secs(1));
+
+    cfg.client_cert = Some(certs.path("client.pem"));
+    cfg.client_key = Some(certs.path("client.key"));
+    let (tx, _rx) = mpsc::channel();
+    let publisher = Publisher::start(&cfg, topics(), tx).unwrap();
+    wait_connected(&publisher);
+    publisher.shutdown(Duration::from_secs(2));
+}
