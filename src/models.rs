@@ -285,7 +285,8 @@ impl Catalog {
                 file.write_all(&chunk[..n]).map_err(io_err(&part_path))?;
                 progress(bytes.len() as u64, total);
             }
-            verify_checksums(m, &bytes, &url_path(&url))?;
+            // A checksum error names the URL the bytes came from.
+            verify_checksums(m, &bytes, Path::new(&url))?;
             file.sync_all().map_err(io_err(&part_path))?;
             fs::rename(&part_path, &final_path).map_err(io_err(&final_path))?;
             if let Ok(dir) = File::open(&self.models_dir) {
@@ -298,10 +299,6 @@ impl Catalog {
         }
         result
     }
-}
-
-fn url_path(url: &str) -> PathBuf {
-    PathBuf::from(url)
 }
 
 pub fn role_name(role: Role) -> &'static str {

@@ -464,17 +464,24 @@ fn make_certificates(dir: &TempDir) {
     );
 }
 
-#[test]
-fn tls_connects_with_the_right_ca_and_refuses_the_wrong_one() {
-    let certs = TempDir::new("certs");
-    make_certificates(&certs);
+/// A mosquitto TLS listener with the test CA's server certificate (plus `extra` lines); returns the
+/// broker and its mqtts:// URL.
+fn tls_broker(certs: &TempDir, extra: &str) -> (Mosquitto, String) {
     let broker = Mosquitto::start(&format!(
-        "cafile {}\ncertfile {}\nkeyfile {}\n",
+        "cafile {}\ncertfile {}\nkeyfile {}\n{extra}",
         certs.path("ca.pem").display(),
         certs.path("server.pem").display(),
         certs.path("server.key").display()
     ));
     let url = format!("mqtts://127.0.0.1:{}", broker.port);
+    (broker, url)
+}
+
+#[test]
+fn tls_connects_with_the_right_ca_and_refuses_the_wrong_one() {
+    let certs = TempDir::new("certs");
+    make_certificates(&certs);
+    let (_broker, url) = tls_broker(&certs, "");
 
     let mut good = config(&url);
     good.ca_file = Some(certs.path("ca.pem"));
@@ -605,13 +612,7 @@ fn a_broker_requiring_client_certificates_accepts_the_configured_one() {
         ],
         &certs,
     );
-    let broker = Mosquitto::start(&format!(
-        "cafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate true\n",
-        certs.path("ca.pem").display(),
-        certs.path("server.pem").display(),
-        certs.path("server.key").display()
-    ));
-    let url = format!("mqtts://127.0.0.1:{}", broker.port);
+    let (_broker, url) = tls_broker(&certs, "require_certificate true\n");
     let mut cfg = config(&url);
     cfg.ca_file = Some(certs.path("ca.pem"));
 
