@@ -3,6 +3,7 @@
 //! one. Loading again is how the service reloads it.
 
 use crate::detect::DEFAULT_MAX_SIDE;
+use crate::inference::Precision;
 use crate::models::{DEFAULT_DETECTOR, DEFAULT_EMBEDDER};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -144,10 +145,21 @@ pub struct TrackingConfig {
     /// Embeddings without a recognition before a track is reported `unknown`.
     #[serde(default = "default_unknown_after")]
     pub unknown_after: usize,
-    /// While a track is undecided it is embedded every this many detections; once decided, four times
-    /// less often (or when the face grows a third larger).
+    /// While a track is undecided it is embedded every this many detections.
     #[serde(default = "default_embed_every")]
     pub embed_every: u32,
+    /// Once decided, a track is re-embedded every this many detections (or when the face grows a third
+    /// larger): enough to notice that somebody else stepped into the box.
+    #[serde(default = "default_recheck_every")]
+    pub recheck_every: u32,
+    /// A frame in which no cell of a 32x24 grid changed its mean grey level by more than this since the
+    /// last analysed frame is not analysed, while every face in view is decided: a still scene costs only
+    /// its decoding. 0 analyses every frame.
+    #[serde(default = "default_still_threshold")]
+    pub still_threshold: f32,
+    /// A still scene is analysed again at least this often (seconds).
+    #[serde(default = "default_still_recheck")]
+    pub still_recheck_s: f32,
     /// A track not seen for this long has `left`.
     #[serde(default = "default_track_timeout")]
     pub lost_after_s: f32,
@@ -176,6 +188,15 @@ fn default_unknown_after() -> usize {
 }
 fn default_embed_every() -> u32 {
     2
+}
+fn default_recheck_every() -> u32 {
+    8
+}
+fn default_still_threshold() -> f32 {
+    6.0
+}
+fn default_still_recheck() -> f32 {
+    2.0
 }
 fn default_track_timeout() -> f32 {
     2.0
@@ -290,6 +311,9 @@ pub struct ModelsConfig {
     pub detector: String,
     #[serde(default = "default_embedder")]
     pub embedder: String,
+    /// The embedder's arithmetic: "f32", or "f16" on CPUs with half-precision arithmetic.
+    #[serde(default)]
+    pub precision: Precision,
 }
 
 impl Default for ModelsConfig {
@@ -298,6 +322,7 @@ impl Default for ModelsConfig {
             dir: None,
             detector: default_detector(),
             embedder: default_embedder(),
+            precision: Precision::F32,
         }
     }
 }
@@ -570,10 +595,22 @@ impl Config {
             }
         }
         let t = &self.tracking;
-        if t.votes == 0 || t.unknown_after == 0 || t.embed_every == 0 || t.lost_after_s <= 0.0 {
+        if t.votes == 0
+            || t.unknown_after == 0
+            || t.embed_every == 0
+            || t.recheck_every == 0
+            || t.lost_after_s <= 0.0
+            || t.still_recheck_s <= 0.0
+        {
             return Err(invalid(
                 "tracking".into(),
-                "votes, unknown_after, embed_every and lost_after_s must be positive".into(),
+                "votes, unknown_after, embed_every, recheck_every, lost_after_s and still_recheck_s must be positive".into(),
+            ));
+        }
+        if !(0.0..=255.0).contains(&t.still_threshold) {
+            return Err(invalid(
+                "tracking.still_threshold".into(),
+                "grey levels, 0..255 (0 analyses every frame)".into(),
             ));
         }
         let mut seen = std::collections::HashSet::new();

@@ -2,7 +2,9 @@
 //! tract (fixed input shape) -> an L2-normalised vector, plus the cosine and display helpers around it.
 
 use crate::align;
-use crate::inference::{OnnxModel, Plan, check_declared_input, f32_values};
+use crate::inference::{
+    OnnxModel, Plan, Precision, check_declared_input, cpu_has_half_precision, f32_values,
+};
 use crate::manifest::{ColorOrder, EmbedderSpec, Manifest};
 use crate::models::{ModelError, VerifiedWeights};
 use image::RgbImage;
@@ -31,12 +33,27 @@ pub struct Embedder {
     /// sha256 of the weights: identifies the model in stores and events.
     weights_sha256: String,
     plan: Plan,
+    precision: Precision,
 }
 
 impl Embedder {
     /// Loads the weights into a plan specialised to the manifest's input size; refuses a model whose
     /// declared input or actual output disagrees with the manifest.
     pub fn new(manifest: &Manifest, weights: &VerifiedWeights) -> Result<Embedder, ModelError> {
+        Embedder::with_precision(manifest, weights, Precision::F32)
+    }
+
+    /// As `new`, running in `precision`; f16 is refused on CPUs without half-precision arithmetic.
+    pub fn with_precision(
+        manifest: &Manifest,
+        weights: &VerifiedWeights,
+        precision: Precision,
+    ) -> Result<Embedder, ModelError> {
+        if precision == Precision::F16 && !cpu_has_half_precision() {
+            return Err(ModelError::NoHalfPrecision {
+                id: manifest.id.clone(),
+            });
+        }
         let spec = manifest
             .embedder
             .clone()
@@ -54,12 +71,14 @@ impl Embedder {
             id: manifest.id.clone(),
             message,
         };
-        let plan = model.plan_for_shape(&shape).map_err(|e| match e {
-            ModelError::Onnx { message, .. } => {
-                contract(format!("it does not accept a 1x3x{h}x{w} input: {message}"))
-            }
-            other => other,
-        })?;
+        let plan = model
+            .plan_with_precision(&shape, precision)
+            .map_err(|e| match e {
+                ModelError::Onnx { message, .. } => {
+                    contract(format!("it does not accept a 1x3x{h}x{w} input: {message}"))
+                }
+                other => other,
+            })?;
         let out_fact = plan
             .model()
             .output_fact(0)
@@ -79,6 +98,7 @@ impl Embedder {
             spec,
             weights_sha256: weights.sha256.clone(),
             plan,
+            precision,
         })
     }
 
@@ -109,8 +129,8 @@ impl Embedder {
             .ok_or(EmbedError::Degenerate)
     }
 
-    /// Embeds an aligned crop of exactly the model's input size; the result has unit L2 norm.
-    pub fn embed_crop(&self, crop: &RgbImage) -> Result<Vec<f32>, EmbedError> {
+    /// The network input for an aligned crop of exactly the model's input size: NCHW, normalised.
+    pub fn input_tensor(&self, crop: &RgbImage) -> Result<Tensor, EmbedError> {
         let (w, h) = self.crop_size();
         if crop.dimensions() != (w, h) {
             return Err(EmbedError::CropSize {
@@ -120,13 +140,34 @@ impl Embedder {
                 h,
             });
         }
-        let input = crop_to_tensor(crop, &self.spec);
+        Ok(crop_to_tensor(crop, &self.spec))
+    }
+
+    /// Embeds an aligned crop of exactly the model's input size; the result has unit L2 norm.
+    pub fn embed_crop(&self, crop: &RgbImage) -> Result<Vec<f32>, EmbedError> {
+        self.run_network(self.input_tensor(crop)?)
+    }
+
+    /// The network alone on an input made by `input_tensor`; the result has unit L2 norm.
+    pub fn run_network(&self, input: Tensor) -> Result<Vec<f32>, EmbedError> {
+        let input = match self.precision {
+            Precision::F32 => input,
+            Precision::F16 => input
+                .cast_to::<f16>()
+                .map_err(EmbedError::Inference)?
+                .into_owned(),
+        };
         let out = self
             .plan
             .run(tvec!(input.into_tvalue()))
             .map_err(EmbedError::Inference)?;
-        let raw = f32_values(&out[0]).map_err(EmbedError::Inference)?;
+        let out = out[0].cast_to::<f32>().map_err(EmbedError::Inference)?;
+        let raw = f32_values(&out).map_err(EmbedError::Inference)?;
         l2_normalized(raw).ok_or(EmbedError::BadOutput)
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// Aligns and embeds one face of a frame.

@@ -174,6 +174,7 @@ pub fn store_key(pipeline: &FacePipeline, policy: EnrolPolicy) -> StoreKey {
             EnrolPolicy::Largest => "largest",
         }
         .to_string(),
+        precision: pipeline.embedder.precision(),
     }
 }
 

@@ -9,6 +9,49 @@ use tract_onnx::tract_hir::infer::Factoid;
 
 pub type Plan = Arc<TypedSimplePlan>;
 
+/// Arithmetic the embedder runs in. f16 halves memory traffic and doubles SIMD width on CPUs with
+/// ARMv8.2 half-precision arithmetic; elsewhere it would be emulated and is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    #[default]
+    F32,
+    F16,
+}
+
+impl Precision {
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::F16 => "f16",
+        }
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Precision, String> {
+        match s {
+            "f32" => Ok(Precision::F32),
+            "f16" => Ok(Precision::F16),
+            other => Err(format!("{other:?}: precision is \"f32\" or \"f16\"")),
+        }
+    }
+}
+
+/// True when this CPU does half-precision arithmetic natively (aarch64 `fphp`/`asimdhp`, which Linux
+/// reports from the CPU's ID registers; qemu reports them for the CPU model it emulates).
+pub fn cpu_has_half_precision() -> bool {
+    #[cfg(target_arch = "aarch64")]
+    {
+        std::arch::is_aarch64_feature_detected!("fp16")
+    }
+    #[cfg(not(target_arch = "aarch64"))]
+    {
+        false
+    }
+}
+
 /// A parsed, not yet specialised ONNX model with the file it came from (for error messages).
 #[derive(Clone)]
 pub struct OnnxModel {
@@ -67,14 +110,39 @@ impl OnnxModel {
 
     /// Fixes input 0 to `shape` (f32) and optimises the graph into a runnable plan.
     pub fn plan_for_shape(&self, shape: &[usize]) -> Result<Plan, ModelError> {
+        self.plan_with_precision(shape, Precision::F32)
+    }
+
+    /// As `plan_for_shape`; with `Precision::F16` the whole graph (weights, activations, input and
+    /// output) is translated to half precision before optimisation, so tract picks its f16 kernels.
+    pub fn plan_with_precision(
+        &self,
+        shape: &[usize],
+        precision: Precision,
+    ) -> Result<Plan, ModelError> {
         let onnx_err = |e: TractError| ModelError::Onnx {
             path: self.path.clone(),
             message: format!("{e:#}"),
         };
-        self.model
+        let typed = self
+            .model
             .clone()
             .with_input_fact(0, f32::fact(shape).into())
-            .and_then(|m| m.into_optimized())
+            .and_then(|m| m.into_typed())
+            .map_err(onnx_err)?;
+        let typed = match precision {
+            Precision::F32 => typed,
+            Precision::F16 => typed
+                .into_decluttered()
+                .and_then(|m| {
+                    tract_onnx::tract_core::transform::get_transform("f32_to_f16")?
+                        .ok_or_else(|| anyhow::anyhow!("tract has no f32_to_f16 transform"))?
+                        .transform_into(m)
+                })
+                .map_err(onnx_err)?,
+        };
+        typed
+            .into_optimized()
             .and_then(|m| m.into_runnable())
             .map_err(onnx_err)
     }

@@ -44,6 +44,10 @@ pub enum ModelError {
     Manifest(#[from] ManifestError),
     #[error("unknown model {id:?}; known models: {known}")]
     Unknown { id: String, known: String },
+    #[error(
+        "models.precision = \"f16\" (model {id:?}) needs a CPU with half-precision arithmetic (ARMv8.2 FP16, e.g. the Cortex-A76 of a Raspberry Pi 5 or a Jetson Orin); this CPU has none and would emulate it hundreds of times slower: use precision \"f32\""
+    )]
+    NoHalfPrecision { id: String },
     #[error("model {id:?} is a {actual}, not a {wanted}")]
     WrongRole {
         id: String,

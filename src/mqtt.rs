@@ -110,7 +110,8 @@ pub struct Publisher {
     thread: Option<JoinHandle<()>>,
 }
 
-/// Reads the broker password: the configured file, else systemd's credential `mqtt-password`. Warns when
+/// Reads the broker password: the configured file, else systemd's credential `mqtt-password`; an empty
+/// file means no password (the package installs one so the unit's LoadCredential= finds it). Warns when
 /// the file is readable by other users.
 pub fn read_password(config: &MqttConfig) -> Result<Option<String>, MqttError> {
     let path = match &config.password_file {
@@ -135,7 +136,11 @@ pub fn read_password(config: &MqttConfig) -> Result<Option<String>, MqttError> {
     }
     let text =
         std::fs::read_to_string(&path).map_err(|e| file_err(format!("password file: {e}")))?;
-    Ok(Some(text.lines().next().unwrap_or_default().to_string()))
+    Ok(text
+        .lines()
+        .next()
+        .filter(|line| !line.is_empty())
+        .map(str::to_string))
 }
 
 fn tls_config(config: &MqttConfig) -> Result<rustls::ClientConfig, MqttError> {

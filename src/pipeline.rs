@@ -3,6 +3,7 @@
 
 use crate::detect::{DetectError, DetectSettings, Detection, Detector, main_face};
 use crate::embed::{EmbedError, Embedder};
+use crate::inference::Precision;
 use crate::manifest::Role;
 use crate::models::{Catalog, ModelError};
 use image::RgbImage;
@@ -43,10 +44,11 @@ impl FacePipeline {
         detector_id: &str,
         settings: &DetectSettings,
         embedder_id: &str,
+        precision: Precision,
     ) -> Result<FacePipeline, ModelError> {
         Ok(FacePipeline {
             detector: load_detector(catalog, detector_id, settings)?,
-            embedder: load_embedder(catalog, embedder_id)?,
+            embedder: load_embedder_in(catalog, embedder_id, precision)?,
         })
     }
 
@@ -90,6 +92,15 @@ pub fn load_detector(
 
 /// Reads, verifies and loads an embedder from the catalog.
 pub fn load_embedder(catalog: &Catalog, id: &str) -> Result<Embedder, ModelError> {
+    load_embedder_in(catalog, id, Precision::F32)
+}
+
+/// The embedder `id`, running in `precision`.
+pub fn load_embedder_in(
+    catalog: &Catalog,
+    id: &str,
+    precision: Precision,
+) -> Result<Embedder, ModelError> {
     let manifest = catalog.get_role(id, Role::Embedder)?;
-    Embedder::new(manifest, &catalog.read_verified(manifest)?)
+    Embedder::with_precision(manifest, &catalog.read_verified(manifest)?, precision)
 }

@@ -38,6 +38,10 @@ pub struct StoreKey {
     pub score_threshold: f32,
     pub max_side: u32,
     pub enrol_policy: String,
+    /// The embedder's arithmetic (f16 embeddings differ slightly); absent in stores written before it
+    /// existed, which were f32.
+    #[serde(default)]
+    pub precision: crate::inference::Precision,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -230,6 +234,7 @@ mod tests {
                 score_threshold: 0.7,
                 max_side: 640,
                 enrol_policy: "largest".into(),
+                precision: Default::default(),
             },
             people: vec![StoredPerson {
                 id: "a".into(),

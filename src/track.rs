@@ -126,6 +126,12 @@ impl Tracker {
         self.tracks.len()
     }
 
+    /// True when every face in view has been recognised or reported unknown (or none is in view):
+    /// nothing more can be learnt from a frame that shows the same scene.
+    pub fn all_decided(&self) -> bool {
+        self.tracks.iter().all(|t| t.verdict != Verdict::Pending)
+    }
+
     /// Matches this frame's detections to tracks (new faces start tracks), says which to embed, and
     /// ends tracks not seen for `lost_after_s` (their `left` events are returned).
     pub fn update(
@@ -181,7 +187,7 @@ impl Tracker {
             let every = if t.verdict == Verdict::Pending {
                 config.embed_every
             } else {
-                config.embed_every * 4
+                config.recheck_every
             };
             let embed = t.since_embedding >= every || size > t.embedded_size * 1.33;
             assignments.push(Assignment {

@@ -5,7 +5,7 @@ mod common;
 
 use common::broker::{Mosquitto, Received, Subscriber, unsafe_kill};
 use common::scene::{THREE_VISITS, config, events, pair, three_visits_expected, write_frames};
-use common::{TempDir, data, face_edge};
+use common::{TempDir, data, face_edge, patience, slowdown};
 use serde_json::Value;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
@@ -45,7 +45,7 @@ fn files_source_one_event_per_visit_with_person_states() {
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    let all = sub.wait_for("offline", Duration::from_secs(10), |all| {
+    let all = sub.wait_for("offline", patience(10), |all| {
         all.iter()
             .rfind(|m| m.topic == "face-edge/e2e/availability")
             .is_some_and(|m| m.text() == "offline")
@@ -141,9 +141,7 @@ fn exec_source_and_sigterm() {
         "",
     );
     let child = start(&cfg);
-    let all = sub.wait_for("three visits", Duration::from_secs(60), |all| {
-        events(all).len() >= 6
-    });
+    let all = sub.wait_for("three visits", patience(60), |all| events(all).len() >= 6);
     assert_eq!(events(&all), three_visits_expected());
 
     // SIGTERM: offline is published and the process exits 0 within 5 s.
@@ -157,8 +155,8 @@ fn exec_source_and_sigterm() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(took < Duration::from_secs(5), "stopping took {took:?}");
-    sub.wait_for("offline", Duration::from_secs(5), |all| {
+    assert!(took < patience(5), "stopping took {took:?}");
+    sub.wait_for("offline", patience(5), |all| {
         all.iter()
             .rfind(|m| m.topic == "face-edge/e2e/availability")
             .is_some_and(|m| m.text() == "offline")
@@ -177,16 +175,14 @@ fn sigkill_leaves_the_last_will() {
     );
     let cfg = config(&dir, &gallery(), &camera, Some(&broker.url()), "");
     let child = start(&cfg);
-    sub.wait_for("online", Duration::from_secs(30), |all| {
+    sub.wait_for("online", patience(30), |all| {
         all.iter().any(|m| m.text() == "online")
     });
     unsafe_kill(child.id(), "KILL");
     let stderr = stderr_of(child);
-    let all = sub.wait_for(
-        "offline from the last will",
-        Duration::from_secs(20),
-        |all| all.last().is_some_and(|m| m.text() == "offline"),
-    );
+    let all = sub.wait_for("offline from the last will", patience(20), |all| {
+        all.last().is_some_and(|m| m.text() == "offline")
+    });
     assert!(
         !stderr.contains("publishing offline"),
         "nothing ran after SIGKILL"
@@ -223,7 +219,7 @@ fn sighup_makes_a_newly_added_person_recognisable() {
     let dir = TempDir::new("hup");
     let (people, cfg) = stranger_in_the_hall(&dir, &broker);
     let child = start(&cfg);
-    sub.wait_for("unknown", Duration::from_secs(30), |all| {
+    sub.wait_for("unknown", patience(30), |all| {
         events(all).contains(&pair("unknown", None))
     });
     assert!(!events(&sub.all()).iter().any(|e| e.0 == "recognized"));
@@ -235,7 +231,7 @@ fn sighup_makes_a_newly_added_person_recognisable() {
     )
     .unwrap();
     unsafe_kill(child.id(), "HUP");
-    let all = sub.wait_for("recognized after reload", Duration::from_secs(30), |all| {
+    let all = sub.wait_for("recognized after reload", patience(30), |all| {
         events(all).contains(&pair("recognized", Some("kit_harington")))
     });
     // Discovery now lists the new person; their state was published.
@@ -270,13 +266,13 @@ fn watchdog_is_fed_only_while_frames_flow() {
         &gallery(),
         &exec_camera(&frames, 10),
         None,
-        "[service]\nstall_timeout_s = 1.5\n",
+        &format!("[service]\nstall_timeout_s = {}\n", 1.5 * slowdown() as f32),
     );
     let child = face_edge()
         .args(["run", "--config"])
         .arg(&cfg)
         .env("NOTIFY_SOCKET", &socket_path)
-        .env("WATCHDOG_USEC", "400000")
+        .env("WATCHDOG_USEC", (400_000 * slowdown()).to_string())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -284,7 +280,7 @@ fn watchdog_is_fed_only_while_frames_flow() {
     let mut log: Vec<(Instant, String)> = vec![];
     let started = Instant::now();
     let mut buf = [0u8; 4096];
-    while started.elapsed() < Duration::from_secs(12) {
+    while started.elapsed() < patience(12) {
         if let Ok(n) = socket.recv(&mut buf) {
             log.push((
                 Instant::now(),
@@ -311,9 +307,9 @@ fn watchdog_is_fed_only_while_frames_flow() {
     // After the last ping there must be a long silence (the stall), while the service keeps running
     // (its STATUS= updates still arrive).
     let last_ping = *pings.last().unwrap();
-    let end = log.last().unwrap().0.max(started + Duration::from_secs(12));
+    let end = log.last().unwrap().0.max(started + patience(12));
     assert!(
-        end.duration_since(last_ping) > Duration::from_secs(4),
+        end.duration_since(last_ping) > patience(4),
         "pings stopped: {pings:?}"
     );
     assert!(
@@ -331,7 +327,7 @@ fn mqtt_requests_enroll_snapshot_and_reload() {
     let dir = TempDir::new("requests");
     let (people, cfg) = stranger_in_the_hall(&dir, &broker);
     let child = start(&cfg);
-    sub.wait_for("the stranger", Duration::from_secs(30), |all| {
+    sub.wait_for("the stranger", patience(30), |all| {
         events(all).contains(&pair("unknown", None))
     });
 
@@ -358,7 +354,7 @@ fn mqtt_requests_enroll_snapshot_and_reload() {
     );
     let all = sub.wait_for(
         "snapshot response",
-        Duration::from_secs(20),
+        patience(20),
         response("snapshot", "s1"),
     );
     assert_eq!(find(&all, "snapshot")["status"], "ok");
@@ -379,22 +375,14 @@ fn mqtt_requests_enroll_snapshot_and_reload() {
         r#"{"person": "Kit!", "transaction": "bad"}"#,
         false,
     );
-    let all = sub.wait_for(
-        "enroll error",
-        Duration::from_secs(20),
-        response("enroll", "bad"),
-    );
+    let all = sub.wait_for("enroll error", patience(20), response("enroll", "bad"));
     assert_eq!(find(&all, "enroll")["status"], "error");
     sub.publish(
         "face-edge/e2e/request/dance",
         r#"{"transaction": "d"}"#,
         false,
     );
-    let all = sub.wait_for(
-        "unknown command",
-        Duration::from_secs(20),
-        response("dance", "d"),
-    );
+    let all = sub.wait_for("unknown command", patience(20), response("dance", "d"));
     assert!(
         find(&all, "dance")["error"]
             .as_str()
@@ -409,11 +397,7 @@ fn mqtt_requests_enroll_snapshot_and_reload() {
         r#"{"person": "kit_harington", "camera": "hall", "frames": 3, "transaction": "e1"}"#,
         false,
     );
-    let all = sub.wait_for(
-        "enroll response",
-        Duration::from_secs(60),
-        response("enroll", "e1"),
-    );
+    let all = sub.wait_for("enroll response", patience(60), response("enroll", "e1"));
     let enrolled = find(&all, "enroll");
     assert_eq!(enrolled["status"], "ok", "{enrolled}");
     assert_eq!(enrolled["data"]["photos"].as_array().unwrap().len(), 3);
@@ -424,11 +408,9 @@ fn mqtt_requests_enroll_snapshot_and_reload() {
             .count()
             == 3
     );
-    sub.wait_for(
-        "recognized after enrolment",
-        Duration::from_secs(30),
-        |all| events(all).contains(&pair("recognized", Some("kit_harington"))),
-    );
+    sub.wait_for("recognized after enrolment", patience(30), |all| {
+        events(all).contains(&pair("recognized", Some("kit_harington")))
+    });
 
     // reload_gallery re-reads the configuration: removing obama's folder forgets him.
     std::fs::remove_dir_all(people.join("obama")).unwrap();
@@ -439,7 +421,7 @@ fn mqtt_requests_enroll_snapshot_and_reload() {
     );
     let all = sub.wait_for(
         "reload response",
-        Duration::from_secs(30),
+        patience(30),
         response("reload_gallery", "r1"),
     );
     let reloaded = find(&all, "reload_gallery");
@@ -478,16 +460,12 @@ fn a_person_removed_while_stopped_is_removed_from_home_assistant_at_the_next_sta
         );
     };
     run_once();
-    let first = sub.wait_for("first discovery", Duration::from_secs(20), |all| {
-        !all.is_empty()
-    });
+    let first = sub.wait_for("first discovery", patience(20), |all| !all.is_empty());
     assert!(first[0].json()["cmps"]["kit_harington_presence"]["p"] == "binary_sensor");
 
     std::fs::remove_dir_all(people.join("kit_harington")).unwrap();
     run_once();
-    let all = sub.wait_for("second discovery", Duration::from_secs(20), |all| {
-        all.len() >= 2
-    });
+    let all = sub.wait_for("second discovery", patience(20), |all| all.len() >= 2);
     let cmps = all.last().unwrap().json()["cmps"].clone();
     assert_eq!(
         cmps["kit_harington_presence"],
@@ -526,7 +504,7 @@ fn sighup_restarts_only_a_changed_camera() {
         "",
     );
     let child = start(&cfg);
-    sub.wait_for("obama in the hall", Duration::from_secs(30), |all| {
+    sub.wait_for("obama in the hall", patience(30), |all| {
         events(all).contains(&pair("recognized", Some("obama")))
     });
 
@@ -539,7 +517,7 @@ fn sighup_restarts_only_a_changed_camera() {
         "",
     );
     unsafe_kill(child.id(), "HUP");
-    let all = sub.wait_for("kit in the hall", Duration::from_secs(30), |all| {
+    let all = sub.wait_for("kit in the hall", patience(30), |all| {
         events(all).contains(&pair("recognized", Some("kit_harington")))
     });
     let seen = events(&all);
@@ -608,7 +586,7 @@ fn the_broker_password_comes_from_systemd_credentials() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + patience(30);
     while !broker.log().contains("u'edge'") && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
     }

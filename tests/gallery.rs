@@ -6,6 +6,7 @@ use common::{TempDir, catalog, data, face_edge, run};
 use face_edge::config::{Config, EnrolPolicy};
 use face_edge::detect::DetectSettings;
 use face_edge::enrol::{PersonSource, SyncReport, collect_sources, sync};
+use face_edge::inference::Precision;
 use face_edge::pipeline::FacePipeline;
 use face_edge::store::{self, StoreData};
 use std::path::{Path, PathBuf};
@@ -16,6 +17,7 @@ fn pipeline(embedder: &str) -> FacePipeline {
         "yunet-2023mar",
         &DetectSettings::default(),
         embedder,
+        Precision::F32,
     )
     .unwrap()
 }

@@ -176,3 +176,168 @@ fn end_to_end_main_face_embeddings_match_the_reference() {
         "end to end: mobilefacenet min cosine {min_mfn:.5}; stand-in min cosine {min_standin_ref:.5} from reference landmarks, {min_standin_ours:.5} from ours"
     );
 }
+
+/// tract picks different kernels on x86-64 (AVX/FMA) and aarch64 (NEON): the two builds must still give
+/// the same embeddings for the golden crops. Runs `embed --aligned` with this build and with the other
+/// architecture's (natively when this is the emulated ARM run, through qemu when this is the x86-64 run).
+/// CI builds both before testing and sets FACE_EDGE_TEST_REQUIRE_OTHER_ARCH, so there it cannot pass
+/// without comparing; elsewhere a missing other build is reported and the test has nothing to compare.
+#[test]
+fn golden_crop_embeddings_agree_across_architectures() {
+    if let Err(missing) = common::other_architecture_face_edge() {
+        assert!(
+            std::env::var_os("FACE_EDGE_TEST_REQUIRE_OTHER_ARCH").is_none(),
+            "{} is required (FACE_EDGE_TEST_REQUIRE_OTHER_ARCH)",
+            missing.display()
+        );
+        println!(
+            "not compared: {} is not built (cargo build --release --target aarch64-unknown-linux-gnu)",
+            missing.display()
+        );
+        return;
+    }
+    let golden = read_json("golden/embeddings.json");
+    for (key, id) in EMBEDDERS {
+        let crops: Vec<String> = golden["images"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|g| {
+                let rel = g[key]["crop"].as_str().unwrap();
+                data(&format!("golden/{rel}")).display().to_string()
+            })
+            .collect();
+        let embed = |mut cmd: std::process::Command| {
+            cmd.args(["embed", "--aligned", "--jsonl", "--model", id])
+                .args(&crops);
+            let (code, stdout, stderr) = common::run(&mut cmd);
+            assert_eq!(code, 0, "{cmd:?}: {stderr}");
+            stdout
+                .lines()
+                .map(|l| {
+                    let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                    vec_f32(&v["faces"][0]["embedding"])
+                })
+                .collect::<Vec<_>>()
+        };
+        let ours = embed(common::face_edge());
+        let theirs = embed(common::other_architecture_face_edge().unwrap());
+        assert_eq!(ours.len(), crops.len());
+        assert_eq!(theirs.len(), crops.len());
+        let mut min = 1.0f32;
+        for ((a, b), crop) in ours.iter().zip(&theirs).zip(&crops) {
+            let c = cosine(a, b);
+            assert!(
+                c >= 0.9999,
+                "{id} on {crop}: cosine across architectures {c}"
+            );
+            min = min.min(c);
+        }
+        println!(
+            "{id}: {} golden crops, {} vs the other architecture: minimum cosine {min:.7}",
+            crops.len(),
+            std::env::consts::ARCH
+        );
+    }
+}
+
+/// The golden crops of `key`'s model, as paths.
+fn golden_crops(key: &str) -> Vec<String> {
+    let golden = read_json("golden/embeddings.json");
+    golden["images"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|g| {
+            let rel = g[key]["crop"].as_str().unwrap();
+            data(&format!("golden/{rel}")).display().to_string()
+        })
+        .collect()
+}
+
+/// `embed --aligned --jsonl` of `crops`: (exit code, embeddings, stderr).
+fn embed_aligned(
+    mut cmd: std::process::Command,
+    id: &str,
+    precision: &str,
+    crops: &[String],
+) -> (i32, Vec<Vec<f32>>, String) {
+    cmd.args([
+        "embed",
+        "--aligned",
+        "--jsonl",
+        "--model",
+        id,
+        "--precision",
+        precision,
+    ])
+    .args(crops);
+    let (code, stdout, stderr) = common::run(&mut cmd);
+    let embeddings = stdout
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            vec_f32(&v["faces"][0]["embedding"])
+        })
+        .collect();
+    (code, embeddings, stderr)
+}
+
+/// Half precision runs only where the CPU has half-precision arithmetic, and there matches f32 on the
+/// golden crops to cosine 0.999. Under qemu: a Cortex-A76 (the Raspberry Pi 5's core, ARMv8.2 FP16) runs
+/// it with tract's A75-tuned kernels, a Cortex-A72 (Pi 4) refuses it; natively on x86-64 it is refused.
+#[test]
+fn f16_runs_only_with_half_precision_arithmetic_and_matches_f32() {
+    let refused = |cmd: std::process::Command| {
+        let crops = golden_crops("mobilefacenet");
+        let (code, _, stderr) = embed_aligned(cmd, "mobilefacenet", "f16", &crops[..1]);
+        assert_eq!(code, 78, "{stderr}");
+        assert!(
+            stderr.contains("needs a CPU with half-precision arithmetic"),
+            "{stderr}"
+        );
+    };
+    let runs_f16 = if common::emulated() {
+        refused(common::face_edge_on_cpu("cortex-a72").unwrap());
+        true
+    } else if face_edge::inference::cpu_has_half_precision() {
+        true
+    } else {
+        refused(common::face_edge());
+        false
+    };
+    if !runs_f16 {
+        println!("this CPU has no half-precision arithmetic: f16 refused as it should be");
+        return;
+    }
+    let make = || {
+        if common::emulated() {
+            let mut c = common::face_edge_on_cpu("cortex-a76").unwrap();
+            c.env("TRACT_CPU_AARCH64_KIND", "a75");
+            c
+        } else {
+            common::face_edge()
+        }
+    };
+    for (key, id) in EMBEDDERS {
+        let mut crops = golden_crops(key);
+        if common::emulated() {
+            // qemu emulates f16 arithmetic instruction by instruction: 8 crops per model keep this test
+            // to a few minutes (all 24 took about 10).
+            crops.truncate(8);
+        }
+        let (code, half, stderr) = embed_aligned(make(), id, "f16", &crops);
+        assert_eq!(code, 0, "{stderr}");
+        let (code, full, stderr) = embed_aligned(make(), id, "f32", &crops);
+        assert_eq!(code, 0, "{stderr}");
+        assert_eq!(half.len(), crops.len());
+        let cosines: Vec<f32> = half.iter().zip(&full).map(|(a, b)| cosine(a, b)).collect();
+        let min = cosines.iter().copied().fold(1.0, f32::min);
+        let mean = cosines.iter().sum::<f32>() / cosines.len() as f32;
+        assert!(min >= 0.999, "{id}: f16 vs f32 cosines {cosines:?}");
+        println!(
+            "{id}: f16 vs f32 on {} golden crops: mean cosine {mean:.6}, min {min:.6}",
+            crops.len()
+        );
+    }
+}

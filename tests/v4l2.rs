@@ -8,10 +8,9 @@ use common::broker::{Mosquitto, Subscriber, unsafe_kill};
 use common::scene::{
     Shot, THREE_VISITS, config, events, pair, picture_640x480, three_visits_expected, write_frames,
 };
-use common::{TempDir, data, face_edge};
+use common::{TempDir, data, face_edge, patience, slowdown};
 use std::path::Path;
 use std::process::{Child, Stdio};
-use std::time::Duration;
 
 const DEVICE: &str = "/dev/video-face-edge-test";
 
@@ -62,9 +61,7 @@ fn mjpeg_camera_three_visits() {
         &frames,
         &[("FAKECAM_FORMATS", "YUYV,MJPG"), ("FAKECAM_END", "loop")],
     );
-    let all = sub.wait_for("three visits", Duration::from_secs(60), |all| {
-        events(all).len() >= 6
-    });
+    let all = sub.wait_for("three visits", patience(60), |all| events(all).len() >= 6);
     let stderr = stop(child);
     assert_eq!(
         events(&all)[..6].to_vec(),
@@ -83,16 +80,22 @@ fn mjpeg_camera_three_visits() {
     assert_eq!(status["state"], "streaming");
 }
 
-/// Raw YUYV frames for the fake camera.
+/// Raw YUYV frames for the fake camera: each shot's picture written once, its frames linked to it
+/// (stretched under emulation like `write_frames`).
 fn write_yuyv_frames(dir: &TempDir, shots: &[Shot]) -> std::path::PathBuf {
     let frames = dir.path("yuyv");
     std::fs::create_dir_all(&frames).unwrap();
     let mut n = 0;
-    for (photo, count) in shots {
-        let raw = face_edge::camera::yuyv::from_rgb(&picture_640x480(*photo));
-        for _ in 0..*count {
+    for (shot, (photo, count)) in shots.iter().enumerate() {
+        let picture = dir.path(&format!("shot{shot}.yuyv"));
+        std::fs::write(
+            &picture,
+            face_edge::camera::yuyv::from_rgb(&picture_640x480(*photo)),
+        )
+        .unwrap();
+        for _ in 0..*count * slowdown() as usize {
             n += 1;
-            std::fs::write(frames.join(format!("{n:05}.yuyv")), &raw).unwrap();
+            std::os::unix::fs::symlink(&picture, frames.join(format!("{n:05}.yuyv"))).unwrap();
         }
     }
     frames
@@ -112,9 +115,7 @@ fn yuyv_camera_is_converted_and_recognised() {
         "",
     );
     let child = start(&cfg, &frames, &[("FAKECAM_FORMATS", "YUYV")]);
-    let all = sub.wait_for("obama", Duration::from_secs(60), |all| {
-        events(all).len() >= 2
-    });
+    let all = sub.wait_for("obama", patience(60), |all| events(all).len() >= 2);
     let stderr = stop(child);
     assert_eq!(
         events(&all)[..2].to_vec(),
@@ -132,7 +133,7 @@ fn a_device_without_a_usable_format_is_reported_with_what_it_offers() {
     let frames = write_frames(&dir, &[(None, 2)]);
     let cfg = config(&dir, &data("photos/gallery"), &camera("mjpeg"), None, "");
     let child = start(&cfg, &frames, &[("FAKECAM_FORMATS", "GREY,YUYV")]);
-    std::thread::sleep(Duration::from_secs(3));
+    std::thread::sleep(patience(5));
     let stderr = stop(child);
     assert!(
         stderr
@@ -166,16 +167,12 @@ fn unplug_and_replug_resume_events_without_a_restart() {
         &[("FAKECAM_END", "enodev"), ("FAKECAM_UNPLUGGED", &flag_text)],
     );
     let pid = child.id();
-    sub.wait_for(
-        "first visit and the unplug",
-        Duration::from_secs(60),
-        |all| {
-            events(all).len() >= 2
-                && all.iter().any(|m| {
-                    m.topic == "face-edge/e2e/cam/hall/status" && m.json()["state"] == "retrying"
-                })
-        },
-    );
+    sub.wait_for("first visit and the unplug", patience(60), |all| {
+        events(all).len() >= 2
+            && all.iter().any(|m| {
+                m.topic == "face-edge/e2e/cam/hall/status" && m.json()["state"] == "retrying"
+            })
+    });
     assert!(flag.exists(), "the fake camera unplugged itself");
     let retrying = sub
         .all()
@@ -189,11 +186,9 @@ fn unplug_and_replug_resume_events_without_a_restart() {
         "{retrying}"
     );
     std::fs::remove_file(&flag).unwrap(); // replug
-    let all = sub.wait_for(
-        "second visit after replug",
-        Duration::from_secs(60),
-        |all| events(all).iter().filter(|e| e.0 == "recognized").count() >= 2,
-    );
+    let all = sub.wait_for("second visit after replug", patience(60), |all| {
+        events(all).iter().filter(|e| e.0 == "recognized").count() >= 2
+    });
     assert_eq!(child.id(), pid);
     let stderr = stop(child);
     let recognized: Vec<_> = events(&all)

@@ -44,7 +44,7 @@ pub fn run(args: DetectArgs) -> anyhow::Result<ExitCode> {
                 faces: faces
                     .iter()
                     .map(|d| FaceRecord {
-                        detection: d,
+                        detection: Some(d),
                         embedding: None,
                     })
                     .collect(),

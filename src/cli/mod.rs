@@ -1,5 +1,6 @@
 //! Subcommands and their shared options.
 
+mod bench;
 mod compare;
 mod detect;
 mod embed;
@@ -7,12 +8,14 @@ mod eval;
 mod gallery;
 mod identify;
 mod models;
+mod npy;
 mod output;
 mod run;
 
 use clap::{Args, Parser, Subcommand};
 use face_edge::config::Config;
 use face_edge::detect::DetectSettings;
+use face_edge::inference::Precision;
 use face_edge::models::{Catalog, MODELS_DIR_ENV};
 use face_edge::pipeline::FacePipeline;
 use std::path::PathBuf;
@@ -55,6 +58,8 @@ enum Command {
     Identify(identify::IdentifyArgs),
     /// Open-set evaluation on a folder of people: calibrated versus fixed threshold.
     Eval(eval::EvalArgs),
+    /// Time every stage on frames rendered from photos; end-to-end frames per second; peak memory.
+    Bench(bench::BenchArgs),
 }
 
 /// Where models are and how to detect; shared by every command that runs the pipeline. Unset values
@@ -114,6 +119,7 @@ impl ModelOptions {
             self.detector_id(config),
             &self.detect_settings(config)?,
             embedder.id(config),
+            embedder.precision(config),
         )?;
         Ok((catalog, pipeline))
     }
@@ -125,11 +131,19 @@ pub struct EmbedderOption {
     /// Embedder model id (see `face-edge models list`) [default: japanese-face-v1].
     #[arg(long)]
     pub model: Option<String>,
+    /// The embedder's arithmetic: f32, or f16 on CPUs with half-precision arithmetic (e.g. Raspberry
+    /// Pi 5) [default: the config's models.precision, else f32].
+    #[arg(long)]
+    pub precision: Option<Precision>,
 }
 
 impl EmbedderOption {
     pub fn id<'a>(&'a self, config: &'a Config) -> &'a str {
         self.model.as_deref().unwrap_or(&config.models.embedder)
+    }
+
+    pub fn precision(&self, config: &Config) -> Precision {
+        self.precision.unwrap_or(config.models.precision)
     }
 }
 
@@ -143,6 +157,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Gallery(a) => gallery::run(a),
         Command::Identify(a) => identify::run(a),
         Command::Eval(a) => eval::run(a),
+        Command::Bench(a) => bench::run(a),
     }
 }
 

@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 
 #[derive(Serialize)]
 pub struct FaceRecord<'a> {
+    /// None for `embed --aligned`: the input was the crop, nothing was detected.
     #[serde(flatten)]
-    pub detection: &'a Detection,
+    pub detection: Option<&'a Detection>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub embedding: Option<&'a [f32]>,
 }

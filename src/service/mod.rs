@@ -123,6 +123,7 @@ fn load_pipeline(config: &Config, overrides: &Overrides) -> anyhow::Result<FaceP
         &config.models.detector,
         &settings,
         &config.models.embedder,
+        config.models.precision,
     )?)
 }
 
@@ -371,6 +372,8 @@ impl Running {
             "faces": stats.faces_in_view,
             "queue_depth": link.as_ref().map_or(0, |l| l.queued),
             "dropped_frames": dropped_frames,
+            "still_frames": stats.still_frames,
+            "embeddings": stats.embeddings,
             "dropped_events": link.as_ref().map_or(0, |l| l.dropped_events),
             "uptime_s": self.started.elapsed().as_secs(),
             "cpu_temp_c": health::cpu_temperature(),

@@ -5,11 +5,13 @@
 
 use crate::camera::{CameraState, FrameBoard};
 use crate::config::{Config, TrackingConfig};
+use crate::detect::Detection;
 use crate::enrol::{collect_sources, gallery_from_store, sync};
 use crate::events::{
     DiscoveryInput, EventBuilder, EventType, FaceEvent, Message, Presence, Topics, discovery,
 };
 use crate::gallery::Gallery;
+use crate::motion::{StillnessGate, Thumbnail};
 use crate::mqtt::Sink;
 use crate::pipeline::FacePipeline;
 use crate::track::{Tracker, face_quality, sharpness};
@@ -55,6 +57,10 @@ pub struct WorkerStats {
     pub detect_ms: f64,
     pub embed_ms: f64,
     pub decode_errors: u64,
+    /// Frames not analysed because the scene was still (see `motion`).
+    pub still_frames: u64,
+    /// Faces embedded since the start.
+    pub embeddings: u64,
 }
 
 pub struct CameraRuntime {
@@ -63,6 +69,9 @@ pub struct CameraRuntime {
     pub next_due: Instant,
     pub tracker: Tracker,
     pub last_crop: Option<image::RgbImage>,
+    pub stillness: StillnessGate,
+    /// The faces of the last analysed frame: a still frame shows them where they were.
+    pub last_faces: Vec<Detection>,
 }
 
 struct PendingEnroll {
@@ -265,6 +274,28 @@ impl Worker {
                 return;
             }
         };
+        let at = frame.at;
+        let thumbnail = Thumbnail::of(&rgb);
+        let enrolling = self
+            .enroll
+            .as_ref()
+            .is_some_and(|e| e.camera == self.cameras[index].name);
+        let camera = &mut self.cameras[index];
+        if !enrolling
+            && camera.tracker.all_decided()
+            && camera.stillness.is_still(&thumbnail, Instant::now())
+        {
+            // Same scene, nobody undecided: the faces are where they were; only keep them alive.
+            let (_, left) = camera.tracker.update(&camera.last_faces, at);
+            for e in left {
+                self.emit(&e);
+            }
+            self.still_seen(index, at);
+            let mut s = self.stats.lock().expect("stats");
+            s.frames += 1;
+            s.still_frames += 1;
+            return;
+        }
         let started = Instant::now();
         let faces = match self.pipeline.detector.detect(&rgb) {
             Ok(f) => f,
@@ -274,7 +305,10 @@ impl Worker {
             }
         };
         let detect_ms = started.elapsed().as_secs_f64() * 1e3;
-        let at = frame.at;
+        self.cameras[index]
+            .stillness
+            .analysed(thumbnail, Instant::now());
+        self.cameras[index].last_faces = faces.clone();
         let (assignments, left) = self.cameras[index].tracker.update(&faces, at);
         for e in left {
             self.emit(&e);
@@ -319,11 +353,7 @@ impl Worker {
                 self.emit(e);
             }
         }
-        for person in self.cameras[index].tracker.recognized_people() {
-            if let Some(m) = self.presence.still_seen(&person, at) {
-                self.sink.send(m);
-            }
-        }
+        self.still_seen(index, at);
         if self
             .enroll
             .as_ref()
@@ -334,9 +364,19 @@ impl Worker {
         let embed_ms = embed_started.elapsed().as_secs_f64() * 1e3;
         let mut s = self.stats.lock().expect("stats");
         s.frames += 1;
+        s.embeddings += embeddings.len() as u64;
         s.detect_ms = ema(s.detect_ms, detect_ms);
         if !embeddings.is_empty() {
             s.embed_ms = ema(s.embed_ms, embed_ms / embeddings.len() as f64);
+        }
+    }
+
+    /// Presence: the recognised people in view of camera `index` are still there.
+    fn still_seen(&mut self, index: usize, at: SystemTime) {
+        for person in self.cameras[index].tracker.recognized_people() {
+            if let Some(m) = self.presence.still_seen(&person, at) {
+                self.sink.send(m);
+            }
         }
     }
 
@@ -418,6 +458,7 @@ impl Worker {
             .collect();
         for c in &mut self.cameras {
             c.tracker.set_config(config.tracking.clone());
+            c.stillness = stillness_gate(&config.tracking);
         }
         self.config = Config {
             camera: self.config.camera.clone(),
@@ -572,7 +613,16 @@ fn camera_runtime(c: &crate::config::CameraConfig, tracking: &TrackingConfig) ->
         next_due: Instant::now(),
         tracker: Tracker::new(&c.name, tracking.clone()),
         last_crop: None,
+        stillness: stillness_gate(tracking),
+        last_faces: vec![],
     }
+}
+
+fn stillness_gate(tracking: &TrackingConfig) -> StillnessGate {
+    StillnessGate::new(
+        tracking.still_threshold,
+        Duration::from_secs_f32(tracking.still_recheck_s),
+    )
 }
 
 /// The Home Assistant components announced last, kept in the state directory so that people removed

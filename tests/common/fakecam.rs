@@ -10,9 +10,18 @@ pub fn shim() -> PathBuf {
     BUILT
         .get_or_init(|| {
             let source = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fakecam/fakecam.c");
-            let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("fakecam.so");
-            // FACE_EDGE_TEST_CC: the target's compiler when the tests run under an emulator.
-            let cc = std::env::var("FACE_EDGE_TEST_CC").unwrap_or_else(|_| "cc".to_string());
+            // target/tmp is shared by every target's tests: one shim per architecture.
+            let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+                .join(format!("fakecam-{}.so", std::env::consts::ARCH));
+            // Under emulation the shim is loaded into the emulated (ARM) process: Debian's cross compiler.
+            let cc = std::env::var("FACE_EDGE_TEST_CC").unwrap_or_else(|_| {
+                match (super::emulated(), std::env::consts::ARCH) {
+                    (true, "aarch64") => "aarch64-linux-gnu-gcc",
+                    (true, "arm") => "arm-linux-gnueabihf-gcc",
+                    _ => "cc",
+                }
+                .to_string()
+            });
             // No _FORTIFY_SOURCE: it would redirect open() to __open_2, bypassing the shim.
             let status = std::process::Command::new(&cc)
                 .args([
@@ -29,7 +38,7 @@ pub fn shim() -> PathBuf {
                 .arg(&source)
                 .args(["-ldl", "-lpthread"])
                 .status()
-                .expect("a C compiler (cc) is needed to build the fake camera");
+                .unwrap_or_else(|e| panic!("{cc} (to build the fake camera): {e}"));
             assert!(status.success(), "compiling {} failed", source.display());
             out
         })

@@ -3,7 +3,7 @@
 //! runs face-edge on them.
 #![allow(dead_code)]
 
-use super::{TempDir, data};
+use super::{TempDir, data, slowdown};
 use std::path::{Path, PathBuf};
 
 /// (photo under photos/, frames); None = an empty frame.
@@ -21,7 +21,8 @@ pub const THREE_VISITS: &[Shot] = &[
 ];
 
 /// Writes every distinct picture once as a 640x480 JPEG (letterboxed) and the frames as symlinks to
-/// them, `frames/00001.jpg`... Returns the frames directory.
+/// them, `frames/00001.jpg`... Under emulation every shot lasts `slowdown()` times longer, so that a
+/// visit still spans as many detections as natively. Returns the frames directory.
 pub fn write_frames(dir: &TempDir, shots: &[Shot]) -> PathBuf {
     let frames = dir.path("frames");
     let pictures = dir.path("pictures");
@@ -34,7 +35,7 @@ pub fn write_frames(dir: &TempDir, shots: &[Shot]) -> PathBuf {
         if !picture.exists() {
             picture_640x480(*photo).save(&picture).unwrap();
         }
-        for _ in 0..*count {
+        for _ in 0..*count * slowdown() as usize {
             n += 1;
             std::os::unix::fs::symlink(&picture, frames.join(format!("{n:05}.jpg"))).unwrap();
         }
@@ -66,7 +67,7 @@ pub fn picture_640x480(photo: Option<&str>) -> image::RgbImage {
 }
 
 /// A config for `face-edge run`: the shared gallery (or `gallery`), MobileFaceNet, the given camera
-/// section, fast timings, and MQTT at `mqtt_url` (or stdout when None).
+/// section, fast timings (stretched by `slowdown()`; detection at 320 under emulation), and MQTT at `mqtt_url` (or stdout when None).
 pub fn config(
     dir: &TempDir,
     gallery: &Path,
@@ -75,12 +76,20 @@ pub fn config(
     extra: &str,
 ) -> PathBuf {
     let mqtt = mqtt_url.map_or(String::new(), |url| {
-        format!("[mqtt]\nurl = \"{url}\"\nnode_id = \"e2e\"\nreconnect_max_s = 1\nstats_interval_s = 1\nabsence_s = 2\n")
+        format!("[mqtt]\nurl = \"{url}\"\nnode_id = \"e2e\"\nreconnect_max_s = 1\nstats_interval_s = 1\nabsence_s = {}\n", 2 * slowdown())
     });
+    // Under emulation detection runs at half the default size: a quarter of the cost, so that a visit
+    // still spans enough detections to decide (the faces in these frames are over 100 px tall).
+    let detection = if super::emulated() {
+        "[detection]\nmax_side = 320\n"
+    } else {
+        ""
+    };
     let text = format!(
-        "state_dir = \"{state}\"\n[models]\nembedder = \"mobilefacenet\"\n[gallery]\ndir = \"{gallery}\"\n[tracking]\nlost_after_s = 1.0\n{mqtt}{camera}\n{extra}",
+        "state_dir = \"{state}\"\n{detection}[models]\nembedder = \"mobilefacenet\"\n[gallery]\ndir = \"{gallery}\"\n[tracking]\nlost_after_s = {lost}\n{mqtt}{camera}\n{extra}",
         state = dir.path("state").display(),
         gallery = gallery.display(),
+        lost = slowdown() as f32,
     );
     let path = dir.path("face-edge.toml");
     std::fs::write(&path, text).unwrap();
