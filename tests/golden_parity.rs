@@ -196,29 +196,12 @@ fn golden_crop_embeddings_agree_across_architectures() {
         );
         return;
     }
-    let golden = read_json("golden/embeddings.json");
     for (key, id) in EMBEDDERS {
-        let crops: Vec<String> = golden["images"]
-            .as_object()
-            .unwrap()
-            .values()
-            .map(|g| {
-                let rel = g[key]["crop"].as_str().unwrap();
-                data(&format!("golden/{rel}")).display().to_string()
-            })
-            .collect();
-        let embed = |mut cmd: std::process::Command| {
-            cmd.args(["embed", "--aligned", "--jsonl", "--model", id])
-                .args(&crops);
-            let (code, stdout, stderr) = common::run(&mut cmd);
-            assert_eq!(code, 0, "{cmd:?}: {stderr}");
-            stdout
-                .lines()
-                .map(|l| {
-                    let v: serde_json::Value = serde_json::from_str(l).unwrap();
-                    vec_f32(&v["faces"][0]["embedding"])
-                })
-                .collect::<Vec<_>>()
+        let crops = golden_crops(key);
+        let embed = |cmd: std::process::Command| {
+            let (code, embeddings, stderr) = embed_aligned(cmd, id, "f32", &crops);
+            assert_eq!(code, 0, "{stderr}");
+            embeddings
         };
         let ours = embed(common::face_edge());
         let theirs = embed(common::other_architecture_face_edge().unwrap());
