@@ -46,6 +46,21 @@ pub struct Manifest {
     pub detector: Option<DetectorSpec>,
     #[serde(default)]
     pub embedder: Option<EmbedderSpec>,
+    /// Set when the weights were derived from another model (models/quantize.py writes it).
+    #[serde(default)]
+    pub variant: Option<Variant>,
+}
+
+/// Where a derived model (an int8 or smaller copy of another) comes from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Variant {
+    /// id of the model it was made from.
+    pub base: String,
+    /// How: "int8-weights" or "int8-qdq".
+    pub method: String,
+    /// The command that made the weights, so a user without them can make the same file.
+    pub made_by: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -261,6 +276,20 @@ impl Manifest {
                 ));
             }
             _ => {}
+        }
+        if let Some(v) = &self.variant {
+            if !is_slug(&v.base) {
+                return Err(invalid(
+                    "variant.base",
+                    format!("{:?} must be the id of the model it was made from", v.base),
+                ));
+            }
+            if !["int8-weights", "int8-qdq"].contains(&v.method.as_str()) {
+                return Err(invalid(
+                    "variant.method",
+                    format!("{:?}: expected \"int8-weights\" or \"int8-qdq\"", v.method),
+                ));
+            }
         }
         match (self.role, &self.detector, &self.embedder) {
             (Role::Detector, Some(d), None) => validate_detector(d).map_err(|(f, m)| invalid(f, m)),

@@ -36,6 +36,19 @@ const BUILTIN: &[(&str, &str)] = &[
         "japanese-face-v1-standin",
         include_str!("../models/japanese-face-v1-standin.toml"),
     ),
+    // Variants made by models/quantize.py (README: Smaller and int8 models).
+    (
+        "mobilefacenet-int8-weights",
+        include_str!("../models/mobilefacenet-int8-weights.toml"),
+    ),
+    (
+        "mobilefacenet-int8-qdq",
+        include_str!("../models/mobilefacenet-int8-qdq.toml"),
+    ),
+    (
+        "japanese-face-v1-standin-int8-weights",
+        include_str!("../models/japanese-face-v1-standin-int8-weights.toml"),
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -205,6 +218,13 @@ impl Catalog {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let hint = if m.url.is_some() {
                     format!("run `face-edge models fetch {}`", m.id)
+                } else if let Some(v) = &m.variant {
+                    format!(
+                        "make it from {} with `{} --models-dir {}`",
+                        v.base,
+                        v.made_by,
+                        self.models_dir.display()
+                    )
                 } else {
                     format!("copy {} into {}", m.weights, self.models_dir.display())
                 };

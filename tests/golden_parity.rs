@@ -2,6 +2,7 @@
 
 mod common;
 
+use common::golden::{embed_aligned, golden_crops};
 use common::{catalog, data, read_json, vec_f32};
 use face_edge::detect::{DetectSettings, Detection, main_face};
 use face_edge::embed::cosine;
@@ -222,48 +223,6 @@ fn golden_crop_embeddings_agree_across_architectures() {
             std::env::consts::ARCH
         );
     }
-}
-
-/// The golden crops of `key`'s model, as paths.
-fn golden_crops(key: &str) -> Vec<String> {
-    let golden = read_json("golden/embeddings.json");
-    golden["images"]
-        .as_object()
-        .unwrap()
-        .values()
-        .map(|g| {
-            let rel = g[key]["crop"].as_str().unwrap();
-            data(&format!("golden/{rel}")).display().to_string()
-        })
-        .collect()
-}
-
-/// `embed --aligned --jsonl` of `crops`: (exit code, embeddings, stderr).
-fn embed_aligned(
-    mut cmd: std::process::Command,
-    id: &str,
-    precision: &str,
-    crops: &[String],
-) -> (i32, Vec<Vec<f32>>, String) {
-    cmd.args([
-        "embed",
-        "--aligned",
-        "--jsonl",
-        "--model",
-        id,
-        "--precision",
-        precision,
-    ])
-    .args(crops);
-    let (code, stdout, stderr) = common::run(&mut cmd);
-    let embeddings = stdout
-        .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            vec_f32(&v["faces"][0]["embedding"])
-        })
-        .collect();
-    (code, embeddings, stderr)
 }
 
 /// Half precision runs only where the CPU has half-precision arithmetic, and there matches f32 on the

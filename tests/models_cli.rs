@@ -99,6 +99,66 @@ fn the_seed_model_missing_is_a_clear_error_with_the_fix() {
 }
 
 #[test]
+fn a_missing_variant_names_the_command_that_makes_it() {
+    let dir = models_dir_with(&mobilefacenet_manifest("unused"));
+    let (code, _, stderr) = run(face_edge()
+        .env("FACE_EDGE_MODELS_DIR", &dir.0)
+        .args(["embed", "--model", "mobilefacenet-int8-weights"])
+        .arg(data("photos/probes/obama1.jpg")));
+    assert_eq!(code, 78, "{stderr}");
+    assert!(
+        stderr.contains("mobilefacenet.int8-weights.onnx")
+            && stderr.contains(
+                "python3 models/quantize.py models/mobilefacenet.toml --method int8-weights"
+            ),
+        "{stderr}"
+    );
+}
+
+/// `embed --save-crops` writes exactly what the embedder saw: embedding a saved crop with `--aligned`
+/// gives the face's embedding again.
+#[test]
+fn saved_crops_are_what_the_embedder_saw() {
+    let dir = TempDir::new("crops");
+    let crops = dir.path("crops");
+    let embeddings = |cmd: &mut std::process::Command| {
+        let (code, stdout, stderr) = run(cmd);
+        assert_eq!(code, 0, "{stderr}");
+        let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+        v["faces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| common::vec_f32(&f["embedding"]))
+            .collect::<Vec<_>>()
+    };
+    let faces = embeddings(
+        face_edge()
+            .args([
+                "embed",
+                "--model",
+                "mobilefacenet",
+                "--jsonl",
+                "--save-crops",
+            ])
+            .arg(&crops)
+            .arg(data("photos/probes/two_people.jpg")),
+    );
+    assert_eq!(faces.len(), 2);
+    for (i, face) in faces.iter().enumerate() {
+        let crop = crops.join(format!("two_people.{}.png", i + 1));
+        assert_eq!(image::image_dimensions(&crop).unwrap(), (112, 112));
+        let again = embeddings(
+            face_edge()
+                .args(["embed", "--model", "mobilefacenet", "--jsonl", "--aligned"])
+                .arg(&crop),
+        );
+        let c = face_edge::embed::cosine(face, &again[0]);
+        assert!(c > 0.99999, "face {}: cosine {c}", i + 1);
+    }
+}
+
+#[test]
 fn list_and_verify_report_the_real_models() {
     let (code, stdout, _) = run(face_edge().args(["models", "list"]));
     assert_eq!(code, 0);

@@ -3,6 +3,8 @@
 
 pub mod broker;
 pub mod fakecam;
+pub mod golden;
+pub mod lfw;
 pub mod scene;
 
 use face_edge::models::Catalog;

@@ -1,0 +1,45 @@
+//! The golden aligned crops of ../shared/data/golden and embedding them through `face-edge embed --aligned`.
+
+use super::{data, read_json, run, vec_f32};
+
+/// The golden crops of `key`'s model, as paths.
+pub fn golden_crops(key: &str) -> Vec<String> {
+    let golden = read_json("golden/embeddings.json");
+    golden["images"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|g| {
+            let rel = g[key]["crop"].as_str().unwrap();
+            data(&format!("golden/{rel}")).display().to_string()
+        })
+        .collect()
+}
+
+/// `embed --aligned --jsonl` of `crops`: (exit code, embeddings, stderr).
+pub fn embed_aligned(
+    mut cmd: std::process::Command,
+    id: &str,
+    precision: &str,
+    crops: &[String],
+) -> (i32, Vec<Vec<f32>>, String) {
+    cmd.args([
+        "embed",
+        "--aligned",
+        "--jsonl",
+        "--model",
+        id,
+        "--precision",
+        precision,
+    ])
+    .args(crops);
+    let (code, stdout, stderr) = run(&mut cmd);
+    let embeddings = stdout
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            vec_f32(&v["faces"][0]["embedding"])
+        })
+        .collect();
+    (code, embeddings, stderr)
+}
