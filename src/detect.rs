@@ -303,7 +303,8 @@ impl Detector {
             .map_err(DetectError::Inference)
     }
 
-    fn plan(&mut self, pw: usize, ph: usize) -> Result<Plan, ModelError> {
+    /// The optimised network for a padded input of `pw` x `ph` (cached per shape).
+    pub fn plan(&mut self, pw: usize, ph: usize) -> Result<Plan, ModelError> {
         if let Some(pos) = self.plans.iter().position(|(shape, _)| *shape == (pw, ph)) {
             let entry = self.plans.remove(pos);
             let plan = entry.1.clone();

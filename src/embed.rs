@@ -166,6 +166,11 @@ impl Embedder {
         l2_normalized(raw).ok_or(EmbedError::BadOutput)
     }
 
+    /// The optimised network (for profiling).
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
     pub fn precision(&self) -> Precision {
         self.precision
     }

@@ -52,6 +52,12 @@ pub fn cpu_has_half_precision() -> bool {
     }
 }
 
+/// Whether f32 plans use face-edge's depthwise and max-pool kernels (crate::kernels). On unless
+/// `FACE_EDGE_KERNELS=tract`, which keeps tract's own: for comparing the two in `face-edge bench`.
+pub fn own_kernels() -> bool {
+    std::env::var("FACE_EDGE_KERNELS").map_or(true, |v| v != "tract")
+}
+
 /// A parsed, not yet specialised ONNX model with the file it came from (for error messages).
 #[derive(Clone)]
 pub struct OnnxModel {
@@ -131,6 +137,10 @@ impl OnnxModel {
             .and_then(|m| m.into_typed())
             .map_err(onnx_err)?;
         let typed = match precision {
+            Precision::F32 if own_kernels() => typed
+                .into_decluttered()
+                .and_then(|mut m| crate::kernels::install(&mut m).map(|_| m))
+                .map_err(onnx_err)?,
             Precision::F32 => typed,
             Precision::F16 => typed
                 .into_decluttered()

@@ -14,6 +14,7 @@ pub mod events;
 pub mod gallery;
 pub mod image_io;
 pub mod inference;
+pub mod kernels;
 pub mod manifest;
 pub mod models;
 pub mod motion;

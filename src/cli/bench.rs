@@ -4,7 +4,7 @@
 //! bench/ort_reference.py, which times onnxruntime on the same tensors.
 
 use super::ModelOptions;
-use super::npy;
+use super::{npy, profile};
 use clap::Args;
 use face_edge::camera::yuyv;
 use face_edge::config::Config;
@@ -42,6 +42,9 @@ pub struct BenchArgs {
     /// Write every network input (NumPy .npy) and an index for bench/ort_reference.py to this directory.
     #[arg(long)]
     dump_tensors: Option<PathBuf>,
+    /// Also time every node of each network and print the time per operator kind.
+    #[arg(long)]
+    profile: bool,
     /// Photos (files or directories) the 640x480 and 1280x720 frames are rendered from.
     #[arg(required = true)]
     photos: Vec<PathBuf>,
@@ -66,6 +69,9 @@ struct Report {
     /// "1 face" / "4 faces" x "1 thread" / "capture + inference threads" -> frames per second.
     end_to_end_fps: Vec<(String, f64)>,
     peak_rss_mb: f64,
+    /// `--profile`: network stage -> time per operator kind.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    profiles: Vec<(String, Vec<profile::OpShare>)>,
 }
 
 /// A network input written for the onnxruntime reference.
@@ -177,6 +183,11 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                     detector.run_network(tensor.clone()).expect("network runs");
                 },
             );
+            if args.profile {
+                let plan = detector.plan(shape[3], shape[2])?;
+                let shares = profile::by_op(&plan, &tensor, rounds * frames.len())?;
+                report.profiles.push((network.stage.clone(), shares));
+            }
             if let Some(dir) = dump_dir {
                 let name = format!("{detector_id}_{}x{}.npy", shape[3], shape[2]);
                 npy::write_f32(&dir.join(&name), &tensor)?;
@@ -245,6 +256,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 embedder.run_network(tensor.clone()).expect("network runs");
             },
         );
+        if args.profile {
+            let shares = profile::by_op(embedder.plan(), &tensor, rounds * crops.len())?;
+            report.profiles.push((network.stage.clone(), shares));
+        }
         if let Some(dir) = dump_dir {
             let name = format!("{id}.npy");
             npy::write_f32(&dir.join(&name), &tensor)?;
@@ -487,4 +502,13 @@ fn print_table(report: &Report) {
         println!("  {label:<62} {fps:>9.1} frames/s");
     }
     println!("peak resident memory: {:.1} MB", report.peak_rss_mb);
+    for (stage, shares) in &report.profiles {
+        println!("profile of {stage} (ms per run, share, nodes):");
+        for s in shares.iter().filter(|s| s.percent >= 0.5) {
+            println!(
+                "  {:<40} {:>9.3} {:>6.1} % {:>5}",
+                s.op, s.ms, s.percent, s.nodes
+            );
+        }
+    }
 }

@@ -10,6 +10,7 @@ mod identify;
 mod models;
 mod npy;
 mod output;
+mod profile;
 mod run;
 
 use clap::{Args, Parser, Subcommand};
