@@ -15,24 +15,21 @@ use tract_onnx::tract_core::ops::nn::DataFormat;
 /// concrete shapes; returns how many nodes were replaced.
 pub fn install(model: &mut TypedModel) -> TractResult<usize> {
     let mut replaced = 0;
-    // One replacement at a time, searching again after each: applying a patch renumbers nodes, and
-    // the evaluation order only holds nodes that still feed an output.
-    'search: loop {
-        for id in model.eval_order()? {
-            let node = model.node(id);
-            let patch = if let Some(op) = depthwise_for(model, node)? {
-                TypedModelPatch::replace_single_op(model, node, &node.inputs, op)?
-            } else if let Some(op) = max_pool_for(model, node)? {
-                TypedModelPatch::replace_single_op(model, node, &node.inputs, op)?
-            } else {
-                continue;
-            };
-            patch.apply(model)?;
-            replaced += 1;
-            continue 'search;
-        }
-        return Ok(replaced);
+    // One pass: applying a patch appends the new node and rewires the old one's successors to it, so
+    // the ids of the nodes still to visit stay valid (the old node is left dead for tract to prune).
+    for id in model.eval_order()? {
+        let node = model.node(id);
+        let patch = if let Some(op) = depthwise_for(model, node)? {
+            TypedModelPatch::replace_single_op(model, node, &node.inputs, op)?
+        } else if let Some(op) = max_pool_for(model, node)? {
+            TypedModelPatch::replace_single_op(model, node, &node.inputs, op)?
+        } else {
+            continue;
+        };
+        patch.apply(model)?;
+        replaced += 1;
     }
+    Ok(replaced)
 }
 
 /// The concrete shape of an f32 input as [N, C, H, W] (N = 1 for CHW, which tract's decluttering
@@ -514,6 +511,48 @@ mod tests {
             let (reference, ours, replaced) = both(m, input);
             assert_eq!(replaced, 1, "{shape:?}");
             assert_eq!(reference, ours, "{shape:?}");
+        }
+    }
+
+    #[test]
+    fn every_eligible_node_of_a_chain_is_replaced_in_one_pass() {
+        // depthwise -> max pool -> depthwise: each replacement rewires the next node's input.
+        let c = 3;
+        let mut m = TypedModel::default();
+        let mut wire = m.add_source("x", f32::fact([1, c, 8, 8])).unwrap();
+        for (i, stage) in ["dw", "pool", "dw"].into_iter().enumerate() {
+            let name = format!("{stage}{i}");
+            wire = if stage == "pool" {
+                let pool = MaxPool {
+                    pool_spec: pool_spec(c, 2, 2, PaddingSpec::Valid),
+                    with_index_outputs: None,
+                };
+                m.wire_node(name, pool, &[wire]).unwrap()[0]
+            } else {
+                let k = Tensor::from_shape(&[c, 1, 3, 3], &values(c * 9, i as u64)).unwrap();
+                let k = m.add_const(format!("{name}.k"), k).unwrap();
+                let b = m
+                    .add_const(
+                        format!("{name}.b"),
+                        Tensor::from_shape(&[c], &values(c, 9)).unwrap(),
+                    )
+                    .unwrap();
+                let padding = PaddingSpec::Explicit(tvec![1, 1], tvec![1, 1]);
+                let conv = Conv {
+                    pool_spec: pool_spec(c, 3, 1, padding),
+                    kernel_fmt: KernelFormat::OIHW,
+                    group: c,
+                    q_params: None,
+                };
+                m.wire_node(name, conv, &[wire, k, b]).unwrap()[0]
+            };
+        }
+        m.select_output_outlets(&[wire]).unwrap();
+        let input = Tensor::from_shape(&[1, c, 8, 8], &values(c * 64, 7)).unwrap();
+        let (reference, ours, replaced) = both(m, input);
+        assert_eq!(replaced, 3);
+        for (r, o) in reference.iter().zip(&ours) {
+            assert!((r - o).abs() <= 1e-5, "tract {r} ours {o}");
         }
     }
 
