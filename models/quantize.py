@@ -181,9 +181,6 @@ class CropReader:
         print(f"{len(self.inputs)} {width}x{height} crops from {folder} ({skipped} images of other sizes skipped)")
         self.next = iter(self.inputs)
 
-    def batches(self):
-        return list(self.inputs)
-
     def get_next(self):
         return next(self.next, None)
 
@@ -304,7 +301,7 @@ def main() -> None:
     onnx.checker.check_model(str(partial))
     check = CropReader(args.check, manifest, input_name, args.limit) if args.check else calibration
     if check is not None:
-        check_against_base(weights, partial, check.batches(), args.min_cosine)
+        check_against_base(weights, partial, check.inputs, args.min_cosine)
     else:
         print("no --check or --calibration crops: the variant was not compared with the base model")
     partial.replace(out)

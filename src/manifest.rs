@@ -51,14 +51,23 @@ pub struct Manifest {
     pub variant: Option<Variant>,
 }
 
+/// How models/quantize.py made a variant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum VariantMethod {
+    /// int8 weights behind DequantizeLinear, f32 activations.
+    Int8Weights,
+    /// onnxruntime's static quantisation, QDQ format.
+    Int8Qdq,
+}
+
 /// Where a derived model (an int8 or smaller copy of another) comes from.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Variant {
     /// id of the model it was made from.
     pub base: String,
-    /// How: "int8-weights" or "int8-qdq".
-    pub method: String,
+    pub method: VariantMethod,
     /// The command that made the weights, so a user without them can make the same file.
     pub made_by: String,
 }
@@ -277,19 +286,13 @@ impl Manifest {
             }
             _ => {}
         }
-        if let Some(v) = &self.variant {
-            if !is_slug(&v.base) {
-                return Err(invalid(
-                    "variant.base",
-                    format!("{:?} must be the id of the model it was made from", v.base),
-                ));
-            }
-            if !["int8-weights", "int8-qdq"].contains(&v.method.as_str()) {
-                return Err(invalid(
-                    "variant.method",
-                    format!("{:?}: expected \"int8-weights\" or \"int8-qdq\"", v.method),
-                ));
-            }
+        if let Some(v) = &self.variant
+            && !is_slug(&v.base)
+        {
+            return Err(invalid(
+                "variant.base",
+                format!("{:?} must be the id of the model it was made from", v.base),
+            ));
         }
         match (self.role, &self.detector, &self.embedder) {
             (Role::Detector, Some(d), None) => validate_detector(d).map_err(|(f, m)| invalid(f, m)),
@@ -457,6 +460,22 @@ mod tests {
                 .normalization
                 .affine_per_channel()
         );
+    }
+
+    #[test]
+    fn a_variant_names_its_base_and_a_known_method() {
+        let text = include_str!("../models/mobilefacenet-int8-weights.toml");
+        let v = Manifest::parse(text, "v").unwrap().variant.unwrap();
+        assert_eq!(
+            (v.base.as_str(), v.method),
+            ("mobilefacenet", VariantMethod::Int8Weights)
+        );
+        let bad = text.replace("method = \"int8-weights\"", "method = \"int4\"");
+        let err = Manifest::parse(&bad, "v.toml").unwrap_err().to_string();
+        assert!(err.contains("v.toml") && err.contains("int4"), "{err}");
+        let bad = text.replace("base = \"mobilefacenet\"", "base = \"Mobile FaceNet\"");
+        let err = Manifest::parse(&bad, "v.toml").unwrap_err().to_string();
+        assert!(err.contains("variant.base"), "{err}");
     }
 
     #[test]

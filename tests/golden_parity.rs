@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::golden::{embed_aligned, golden_crops};
+use common::golden::{agreement, embed_aligned, golden_crops};
 use common::{catalog, data, read_json, vec_f32};
 use face_edge::detect::{DetectSettings, Detection, main_face};
 use face_edge::embed::cosine;
@@ -273,9 +273,7 @@ fn f16_runs_only_with_half_precision_arithmetic_and_matches_f32() {
         let (code, full, stderr) = embed_aligned(make(), id, "f32", &crops);
         assert_eq!(code, 0, "{stderr}");
         assert_eq!(half.len(), crops.len());
-        let cosines: Vec<f32> = half.iter().zip(&full).map(|(a, b)| cosine(a, b)).collect();
-        let min = cosines.iter().copied().fold(1.0, f32::min);
-        let mean = cosines.iter().sum::<f32>() / cosines.len() as f32;
+        let (cosines, mean, min) = agreement(&half, &full);
         // The trained MobileFaceNet must hold 0.999. The stand-in's random weights amplify rounding far
         // more than trained ones (as in the end-to-end test): measured under qemu, min 0.99886 on 8 crops.
         let bound = if id == "mobilefacenet" { 0.999 } else { 0.995 };

@@ -7,19 +7,18 @@
 
 mod common;
 
-use common::golden::{embed_aligned, golden_crops};
+use common::golden::{agreement, embed_aligned, golden_crops};
 use common::{TempDir, catalog, face_edge, models_dir};
-use face_edge::embed::cosine;
-use face_edge::manifest::Manifest;
+use face_edge::manifest::{Manifest, VariantMethod};
 use std::path::{Path, PathBuf};
 
 /// The built-in variant manifests: (variant, its base's id, method).
-fn shipped_variants() -> Vec<(Manifest, String, String)> {
+fn shipped_variants() -> Vec<(Manifest, String, VariantMethod)> {
     catalog()
         .manifests()
         .filter_map(|m| {
             let v = m.variant.as_ref()?;
-            Some((m.clone(), v.base.clone(), v.method.clone()))
+            Some((m.clone(), v.base.clone(), v.method))
         })
         .collect()
 }
@@ -83,7 +82,7 @@ fn every_built_in_variant_was_made_and_int8_weights_files_are_reproducible() {
             if reproduced { "equals" } else { "differs from" }
         );
         // Weight-only quantisation is plain arithmetic on the f32 weights: the same file everywhere.
-        if method == "int8-weights" {
+        if *method == VariantMethod::Int8Weights {
             assert!(reproduced, "{}: {:?} vs {:?}", m.id, made.sha256, m.sha256);
         }
     }
@@ -110,13 +109,7 @@ fn variants_keep_a_mean_golden_crop_cosine_of_0_98_to_their_base() {
             assert_eq!(embeddings.len(), crops.len());
             embeddings
         };
-        let cosines: Vec<f32> = embed(&base)
-            .iter()
-            .zip(&embed(&m.id))
-            .map(|(a, b)| cosine(a, b))
-            .collect();
-        let mean = cosines.iter().sum::<f32>() / cosines.len() as f32;
-        let min = cosines.iter().copied().fold(1.0, f32::min);
+        let (cosines, mean, min) = agreement(&embed(&base), &embed(&m.id));
         println!(
             "{}: cosine to {base} on {} golden crops: mean {mean:.5}, min {min:.5}",
             m.id,

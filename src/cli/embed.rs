@@ -9,8 +9,7 @@ use face_edge::embed::Embedder;
 use face_edge::image_io::{expand_inputs, load_rgb};
 use face_edge::pipeline::{EmbeddedFace, FaceSelection, load_embedder_in};
 use image::RgbImage;
-use std::path::Path;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Args)]

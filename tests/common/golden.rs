@@ -43,3 +43,15 @@ pub fn embed_aligned(
         .collect();
     (code, embeddings, stderr)
 }
+
+/// Cosine of each pair of embeddings, with their mean and minimum.
+pub fn agreement(a: &[Vec<f32>], b: &[Vec<f32>]) -> (Vec<f32>, f32, f32) {
+    let cosines: Vec<f32> = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| face_edge::embed::cosine(x, y))
+        .collect();
+    let mean = cosines.iter().sum::<f32>() / cosines.len() as f32;
+    let min = cosines.iter().copied().fold(1.0, f32::min);
+    (cosines, mean, min)
+}
