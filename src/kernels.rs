@@ -2,25 +2,45 @@
 //! onnxruntime on our networks (`face-edge bench --profile`): 3x3 depthwise convolution (every
 //! MobileNet-style block of YuNet, MobileFaceNet and EfficientNetV2) and 2x2 max pooling (YuNet's
 //! backbone). They are tract operators: `install` swaps them into a decluttered f32 graph before tract
-//! optimises it, so everything else stays tract's. Pure computation; tested against tract's own ops.
+//! optimises it, so everything else stays tract's. The ReLU or clip that follows a depthwise
+//! convolution is folded into it. Pure computation; tested against tract's own ops.
 
 use crate::inference::f32_values;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
+use tract_onnx::tract_core::ops::binary::TypedBinOp;
 use tract_onnx::tract_core::ops::cnn::conv::KernelFormat;
 use tract_onnx::tract_core::ops::cnn::{Conv, MaxPool, PaddingSpec};
+use tract_onnx::tract_core::ops::einsum::EinSum;
+use tract_onnx::tract_core::ops::math::{Add, Max, Min};
 use tract_onnx::tract_core::ops::nn::DataFormat;
 
-/// Replaces every eligible depthwise 3x3 convolution and 2x2/2 max pool of an f32 NCHW graph with
-/// concrete shapes; returns how many nodes were replaced.
+/// Replaces every eligible depthwise 3x3 convolution (with the ReLU or clip right after it) and 2x2/2
+/// max pool of an f32 graph with concrete shapes; returns how many convolutions and pools were
+/// replaced.
 pub fn install(model: &mut TypedModel) -> TractResult<usize> {
     let mut replaced = 0;
     // One pass: applying a patch appends the new node and rewires the old one's successors to it, so
     // the ids of the nodes still to visit stay valid (the old node is left dead for tract to prune).
     for id in model.eval_order()? {
         let node = model.node(id);
-        let patch = if let Some(op) = depthwise_for(model, node)? {
-            TypedModelPatch::replace_single_op(model, node, &node.inputs, op)?
+        let patch = if let Some(mut op) = depthwise_for(model, node)? {
+            // Clamping each output as it is written saves the activation's own pass over the tensor.
+            let (clamp, end) = fusable_clamp(model, OutletId::new(id, 0))?;
+            op.clamp = clamp;
+            let mut patch = TypedModelPatch::default();
+            let inputs = patch.taps(model, &node.inputs)?;
+            let fused = patch.wire_node(&node.name, op, &inputs)?[0];
+            patch.shunt_outside(model, end, fused)?;
+            patch
+        } else if let Some((mut op, bias, with_bias)) = pointwise_for(model, node)? {
+            let (clamp, end) = fusable_clamp(model, with_bias)?;
+            op.clamp = clamp;
+            let mut patch = TypedModelPatch::default();
+            let inputs = patch.taps(model, &[node.inputs[0], node.inputs[1], bias])?;
+            let fused = patch.wire_node(&node.name, op, &inputs)?[0];
+            patch.shunt_outside(model, end, fused)?;
+            patch
         } else if let Some(op) = max_pool_for(model, node)? {
             TypedModelPatch::replace_single_op(model, node, &node.inputs, op)?
         } else {
@@ -32,31 +52,76 @@ pub fn install(model: &mut TypedModel) -> TractResult<usize> {
     Ok(replaced)
 }
 
-/// The concrete shape of an f32 input as [N, C, H, W] (N = 1 for CHW, which tract's decluttering
-/// makes of a batch of one), if it is one of those layouts.
-fn f32_nchw(
+/// The concrete shape of an f32 input as [N, C, H, W] (N = 1 for CHW and HWC, which tract's
+/// decluttering makes of a batch of one), and whether its channels are interleaved (NHWC, HWC).
+fn f32_image(
     model: &TypedModel,
     outlet: OutletId,
     format: DataFormat,
-) -> TractResult<Option<[usize; 4]>> {
+) -> TractResult<Option<([usize; 4], bool)>> {
     let fact = model.outlet_fact(outlet)?;
     if fact.datum_type != f32::datum_type() {
         return Ok(None);
     }
     Ok(match (format, fact.shape.as_concrete()) {
-        (DataFormat::NCHW, Some(&[n, c, h, w])) => Some([n, c, h, w]),
-        (DataFormat::CHW, Some(&[c, h, w])) => Some([1, c, h, w]),
+        (DataFormat::NCHW, Some(&[n, c, h, w])) => Some(([n, c, h, w], false)),
+        (DataFormat::CHW, Some(&[c, h, w])) => Some(([1, c, h, w], false)),
+        (DataFormat::NHWC, Some(&[n, h, w, c])) => Some(([n, c, h, w], true)),
+        (DataFormat::HWC, Some(&[h, w, c])) => Some(([1, c, h, w], true)),
         _ => None,
     })
 }
 
 /// The output shape in the input's layout.
 fn shape_like(format: DataFormat, [n, c, h, w]: [usize; 4]) -> Vec<usize> {
-    if format == DataFormat::CHW {
-        vec![c, h, w]
-    } else {
-        vec![n, c, h, w]
+    match format {
+        DataFormat::NCHW => vec![n, c, h, w],
+        DataFormat::CHW => vec![c, h, w],
+        DataFormat::NHWC => vec![n, h, w, c],
+        DataFormat::HWC => vec![h, w, c],
     }
+}
+
+/// The clamp that the nodes right after `outlet` apply to it, when they can be folded into the op
+/// producing it: at most one `max(x, c)` (ReLU, a clip's lower bound) and one `min(x, c)` (a clip's
+/// upper bound) with a constant scalar `c`, each the only reader of its input and not a model
+/// output. Returns the clamp and the outlet whose readers should read the fused op instead.
+fn fusable_clamp(model: &TypedModel, outlet: OutletId) -> TractResult<(Clamp, OutletId)> {
+    let mut clamp = Clamp::NONE;
+    let mut end = outlet;
+    loop {
+        let readers = model.outlet_successors(end);
+        if readers.len() != 1 || model.output_outlets()?.contains(&end) {
+            break;
+        }
+        let next = model.node(readers[0].node);
+        let Some(bin) = next.op_as::<TypedBinOp>() else {
+            break;
+        };
+        if bin.1.is_some() || next.inputs.len() != 2 || next.outputs.len() != 1 {
+            break;
+        }
+        let other = model.outlet_fact(next.inputs[1 - readers[0].slot])?;
+        let Some(bound) = other.konst.as_ref().filter(|k| k.len() == 1) else {
+            break;
+        };
+        let Ok(&[bound]) = f32_values(bound) else {
+            break;
+        };
+        let next_out = OutletId::new(next.id, 0);
+        if model.outlet_fact(next_out)?.shape != model.outlet_fact(end)?.shape {
+            break;
+        }
+        if bin.0.is::<Max>() && clamp.low == f32::NEG_INFINITY {
+            clamp.low = bound;
+        } else if bin.0.is::<Min>() && clamp.high == f32::INFINITY {
+            clamp.high = bound;
+        } else {
+            break;
+        }
+        end = next_out;
+    }
+    Ok((clamp, end))
 }
 
 /// (before, after) padding per spatial axis, when explicit (or none).
@@ -77,7 +142,8 @@ fn depthwise_for(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Dep
         return Ok(None);
     };
     let spec = &conv.pool_spec;
-    let Some([n, c, h, w]) = f32_nchw(model, node.inputs[0], spec.data_format)? else {
+    let Some(([n, c, h, w], channels_last)) = f32_image(model, node.inputs[0], spec.data_format)?
+    else {
         return Ok(None);
     };
     let strides = spec.strides.as_deref().unwrap_or(&[1, 1]);
@@ -94,7 +160,9 @@ fn depthwise_for(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Dep
             .is_none_or(|d| d.iter().all(|&d| d == 1))
         && strides.len() == 2
         && strides[0] == strides[1]
-        && (1..=2).contains(&strides[0]);
+        && (1..=2).contains(&strides[0])
+        // Interleaved channels only appear in YuNet's small stride-1 heads.
+        && (!channels_last || strides[0] == 1);
     let Some((before, after)) = explicit_padding(&spec.padding) else {
         return Ok(None);
     };
@@ -126,7 +194,95 @@ fn depthwise_for(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Dep
         stride,
         pad_top: before[0],
         pad_left: before[1],
+        channels_last,
+        clamp: Clamp::NONE,
     }))
+}
+
+/// A 1x1 convolution as tract's decluttering leaves it: an f32 EinSum `[N]IHW,OI->[N]OHW` (batch of
+/// one) with constant weights, whose only reader adds a constant per-channel bias. Returns the op,
+/// the bias and the outlet of the sum.
+fn pointwise_for(
+    model: &TypedModel,
+    node: &TypedNode,
+) -> TractResult<Option<(Pointwise, OutletId, OutletId)>> {
+    let Some(einsum) = node.op_as::<EinSum>() else {
+        return Ok(None);
+    };
+    let (ins, outs) = einsum.axes.to_strs();
+    let planar = einsum.q_params.is_none()
+        && einsum.operating_dt == f32::datum_type()
+        && node.inputs.len() == 2
+        && ins.len() == 2
+        && ["IHW", "NIHW"].contains(&ins[0].as_str())
+        && ins[1] == "OI"
+        && outs.len() == 1
+        && ["OHW", "NOHW"].contains(&outs[0].as_str());
+    if !planar {
+        return Ok(None);
+    }
+    let data = model.outlet_fact(node.inputs[0])?;
+    let weights = model.outlet_fact(node.inputs[1])?;
+    let (Some(data_shape), Some(&[o, i])) = (data.shape.as_concrete(), weights.shape.as_concrete())
+    else {
+        return Ok(None);
+    };
+    let pixels = match *data_shape {
+        [1, c, h, w] | [c, h, w] if c == i => h * w,
+        _ => return Ok(None),
+    };
+    if !pointwise_available() || pixels < POINTWISE_MIN_PIXELS || o < TILE_CHANNELS {
+        return Ok(None);
+    }
+    if data.datum_type != f32::datum_type()
+        || weights.datum_type != f32::datum_type()
+        || weights.konst.is_none()
+    {
+        return Ok(None);
+    }
+    let product = OutletId::new(node.id, 0);
+    let readers = model.outlet_successors(product);
+    if readers.len() != 1 || model.output_outlets()?.contains(&product) {
+        return Ok(None);
+    }
+    let add = model.node(readers[0].node);
+    let Some(bin) = add.op_as::<TypedBinOp>() else {
+        return Ok(None);
+    };
+    if !bin.0.is::<Add>() || bin.1.is_some() || add.inputs.len() != 2 {
+        return Ok(None);
+    }
+    let bias = add.inputs[1 - readers[0].slot];
+    let bias_fact = model.outlet_fact(bias)?;
+    let Some(output_shape) = model
+        .outlet_fact(product)?
+        .shape
+        .as_concrete()
+        .map(|s| s.to_vec())
+    else {
+        return Ok(None);
+    };
+    // A bias broadcast along the channel axis only: the output's shape with every other axis 1.
+    let channel_axis = output_shape.len() - 3;
+    let per_channel: Vec<usize> = (0..output_shape.len())
+        .map(|axis| if axis == channel_axis { o } else { 1 })
+        .collect();
+    let sum = OutletId::new(add.id, 0);
+    if bias_fact.konst.is_none()
+        || bias_fact.datum_type != f32::datum_type()
+        || bias_fact.shape.as_concrete() != Some(&per_channel[..])
+        || model.outlet_fact(sum)?.shape.as_concrete() != Some(&output_shape[..])
+    {
+        return Ok(None);
+    }
+    let op = Pointwise {
+        inputs: i,
+        outputs: o,
+        pixels,
+        output_shape,
+        clamp: Clamp::NONE,
+    };
+    Ok(Some((op, bias, sum)))
 }
 
 fn max_pool_for(model: &TypedModel, node: &TypedNode) -> TractResult<Option<MaxPool2x2>> {
@@ -134,7 +290,7 @@ fn max_pool_for(model: &TypedModel, node: &TypedNode) -> TractResult<Option<MaxP
         return Ok(None);
     };
     let spec = &pool.pool_spec;
-    let Some([n, c, h, w]) = f32_nchw(model, node.inputs[0], spec.data_format)? else {
+    let Some(([n, c, h, w], false)) = f32_image(model, node.inputs[0], spec.data_format)? else {
         return Ok(None);
     };
     let no_padding = explicit_padding(&spec.padding) == Some(([0, 0], [0, 0]));
@@ -155,18 +311,50 @@ fn max_pool_for(model: &TypedModel, node: &TypedNode) -> TractResult<Option<MaxP
     }))
 }
 
-/// 3x3 depthwise convolution, NCHW f32, stride 1 or 2, zero padding; inputs: data, kernel [C,1,3,3],
-/// bias [C] (or one value).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// Bounds every output is clamped to: the activation folded into a kernel (none: infinite bounds).
+/// Compared by bit pattern so that the op can be `Eq`, as tract requires.
+#[derive(Debug, Clone, Copy)]
+pub struct Clamp {
+    low: f32,
+    high: f32,
+}
+
+impl Clamp {
+    const NONE: Clamp = Clamp {
+        low: f32::NEG_INFINITY,
+        high: f32::INFINITY,
+    };
+
+    /// max(low, min(high, v)) in the order ONNX Clip and a ReLU followed by a min apply them.
+    #[inline(always)]
+    fn apply(self, v: f32) -> f32 {
+        let v = if v < self.low { self.low } else { v };
+        if v > self.high { self.high } else { v }
+    }
+}
+
+impl PartialEq for Clamp {
+    fn eq(&self, other: &Clamp) -> bool {
+        self.low.to_bits() == other.low.to_bits() && self.high.to_bits() == other.high.to_bits()
+    }
+}
+
+impl Eq for Clamp {}
+
+/// 3x3 depthwise convolution, f32, zero padding, then a clamp; planar (NCHW, CHW) at stride 1 or 2,
+/// interleaved (NHWC, HWC) at stride 1. Inputs: data, kernel [C,1,3,3], bias [C] (or one value).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Depthwise3x3 {
-    /// As [N, C, H, W], whatever the layout's rank.
+    /// As [N, C, H, W], whatever the layout.
     input: [usize; 4],
     output: [usize; 4],
-    /// The output as the graph has it (NCHW or CHW).
+    /// The output as the graph has it.
     output_shape: Vec<usize>,
     stride: usize,
     pad_top: usize,
     pad_left: usize,
+    channels_last: bool,
+    clamp: Clamp,
 }
 
 impl Op for Depthwise3x3 {
@@ -176,8 +364,14 @@ impl Op for Depthwise3x3 {
 
     fn info(&self) -> TractResult<Vec<String>> {
         Ok(vec![format!(
-            "{:?} -> {:?}, stride {}, pad top {} left {}",
-            self.input, self.output, self.stride, self.pad_top, self.pad_left
+            "{:?} -> {:?} (NCHW{}), stride {}, pad top {} left {}, clamp {:?}",
+            self.input,
+            self.output,
+            if self.channels_last { " as NHWC" } else { "" },
+            self.stride,
+            self.pad_top,
+            self.pad_left,
+            self.clamp
         )])
     }
 
@@ -201,6 +395,10 @@ impl EvalOp for Depthwise3x3 {
         ensure!(kernel.len() == c * 9 && (bias.len() == c || bias.len() == 1));
         // Every element is written below (rows start from the bias).
         let mut out = unsafe { Tensor::uninitialized::<f32>(&self.output_shape)? };
+        if self.channels_last {
+            self.interleaved(data, kernel, bias, out_values(&mut out)?);
+            return Ok(tvec!(out.into_tvalue()));
+        }
         let (ph, pw) = self.padded_size();
         let mut scratch = vec![0f32; ph * 2 * pw.div_ceil(2)];
         let planes = data
@@ -289,34 +487,92 @@ impl Depthwise3x3 {
                     &l2[1..],
                 ]
             };
-            nine_taps(row, sources, taps, bias);
+            nine_taps(row, sources, taps, bias, self.clamp);
+        }
+    }
+
+    /// Every image of an interleaved (NHWC) input, stride 1. Each image is copied once into a
+    /// zero-bordered buffer; then an output row is again a nine-tap sum over contiguous slices, with
+    /// per-element weights (the kernel's taps repeated along the row, channel by channel).
+    fn interleaved(&self, data: &[f32], kernel: &[f32], bias: &[f32], out: &mut [f32]) {
+        let [_, c, h, w] = self.input;
+        let [_, _, oh, ow] = self.output;
+        let (ph, pw) = self.padded_size();
+        let row = ow * c;
+        let weight_rows: Vec<f32> = (0..9)
+            .flat_map(|t| (0..row).map(move |i| kernel[(i % c) * 9 + t]))
+            .collect();
+        let bias_row: Vec<f32> = (0..row)
+            .map(|i| {
+                if bias.len() == 1 {
+                    bias[0]
+                } else {
+                    bias[i % c]
+                }
+            })
+            .collect();
+        let weights: [&[f32]; 9] = std::array::from_fn(|t| &weight_rows[t * row..][..row]);
+        let mut padded = vec![0f32; ph * pw * c];
+        let columns = w.min(pw - self.pad_left);
+        for (src, dst) in data
+            .chunks_exact(h * w * c)
+            .zip(out.chunks_exact_mut(oh * row))
+        {
+            for (sy, line) in src.chunks_exact(w * c).enumerate() {
+                let py = sy + self.pad_top;
+                if py < ph {
+                    padded[(py * pw + self.pad_left) * c..][..columns * c]
+                        .copy_from_slice(&line[..columns * c]);
+                }
+            }
+            for (oy, out_row) in dst.chunks_exact_mut(row).enumerate() {
+                let sources: [&[f32]; 9] =
+                    std::array::from_fn(|t| &padded[((oy + t / 3) * pw + t % 3) * c..]);
+                nine_weighted_taps(out_row, sources, weights, &bias_row, self.clamp);
+            }
         }
     }
 }
 
-/// out[x] = bias + sum of k[t] * sources[t][x]. On x86-64 compiled twice, for the baseline (SSE2) and
-/// for AVX2, picked once at run time; aarch64's baseline already has NEON.
-fn nine_taps(out: &mut [f32], sources: [&[f32]; 9], k: &[f32; 9], bias: f32) {
+/// Whether this CPU runs the AVX2 builds of the loops below (x86-64; checked once).
+#[cfg(target_arch = "x86_64")]
+fn avx2() -> bool {
+    static AVX2: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AVX2.get_or_init(|| std::arch::is_x86_feature_detected!("avx2"))
+}
+
+/// out[x] = clamp(bias + sum of k[t] * sources[t][x]). On x86-64 compiled twice, for the baseline
+/// (SSE2) and for AVX2, picked at run time; aarch64's baseline already has NEON.
+fn nine_taps(out: &mut [f32], sources: [&[f32]; 9], k: &[f32; 9], bias: f32, clamp: Clamp) {
     #[cfg(target_arch = "x86_64")]
-    {
-        static AVX2: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        if *AVX2.get_or_init(|| std::arch::is_x86_feature_detected!("avx2")) {
-            // SAFETY: only reached when the CPU reports AVX2.
-            return unsafe { nine_taps_avx2(out, sources, k, bias) };
-        }
+    if avx2() {
+        // SAFETY: only reached when the CPU reports AVX2.
+        return unsafe { nine_taps_avx2(out, sources, k, bias, clamp) };
     }
-    fused(out, sources, k, bias)
+    fused(out, sources, k, bias, clamp)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn nine_taps_avx2(out: &mut [f32], sources: [&[f32]; 9], k: &[f32; 9], bias: f32) {
-    fused(out, sources, k, bias)
+unsafe fn nine_taps_avx2(
+    out: &mut [f32],
+    sources: [&[f32]; 9],
+    k: &[f32; 9],
+    bias: f32,
+    clamp: Clamp,
+) {
+    fused(out, sources, k, bias, clamp)
 }
 
-/// out[i] = bias + sum of k[t] * sources[t][i]; every source at least as long as out.
+/// out[i] = clamp(bias + sum of k[t] * sources[t][i]); every source at least as long as out.
 #[inline(always)]
-fn fused<const N: usize>(out: &mut [f32], sources: [&[f32]; N], k: &[f32; N], bias: f32) {
+fn fused<const N: usize>(
+    out: &mut [f32],
+    sources: [&[f32]; N],
+    k: &[f32; N],
+    bias: f32,
+    clamp: Clamp,
+) {
     let len = out.len();
     let sources = sources.map(|s| &s[..len]);
     for (i, o) in out.iter_mut().enumerate() {
@@ -324,7 +580,57 @@ fn fused<const N: usize>(out: &mut [f32], sources: [&[f32]; N], k: &[f32; N], bi
         for t in 0..N {
             acc += k[t] * sources[t][i];
         }
-        *o = acc;
+        *o = clamp.apply(acc);
+    }
+}
+
+/// As `nine_taps` with a weight and a bias per element: out[i] = clamp(bias[i] + sum of
+/// weights[t][i] * sources[t][i]).
+fn nine_weighted_taps(
+    out: &mut [f32],
+    sources: [&[f32]; 9],
+    weights: [&[f32]; 9],
+    bias: &[f32],
+    clamp: Clamp,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2() {
+        // SAFETY: only reached when the CPU reports AVX2.
+        return unsafe { nine_weighted_taps_avx2(out, sources, weights, bias, clamp) };
+    }
+    weighted(out, sources, weights, bias, clamp)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn nine_weighted_taps_avx2(
+    out: &mut [f32],
+    sources: [&[f32]; 9],
+    weights: [&[f32]; 9],
+    bias: &[f32],
+    clamp: Clamp,
+) {
+    weighted(out, sources, weights, bias, clamp)
+}
+
+#[inline(always)]
+fn weighted<const N: usize>(
+    out: &mut [f32],
+    sources: [&[f32]; N],
+    weights: [&[f32]; N],
+    bias: &[f32],
+    clamp: Clamp,
+) {
+    let len = out.len();
+    let sources = sources.map(|s| &s[..len]);
+    let weights = weights.map(|s| &s[..len]);
+    let bias = &bias[..len];
+    for (i, o) in out.iter_mut().enumerate() {
+        let mut acc = bias[i];
+        for t in 0..N {
+            acc += weights[t][i] * sources[t][i];
+        }
+        *o = clamp.apply(acc);
     }
 }
 
@@ -335,6 +641,233 @@ impl TypedOp for Depthwise3x3 {
     }
 
     as_op!();
+}
+
+/// 1x1 convolution, planar f32 (one image), plus a per-channel bias, then a clamp. Inputs: data
+/// [I, pixels], weights [O, I], bias [O].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pointwise {
+    inputs: usize,
+    outputs: usize,
+    pixels: usize,
+    /// The output as the graph has it (OHW or NOHW).
+    output_shape: Vec<usize>,
+    clamp: Clamp,
+}
+
+impl Op for Pointwise {
+    fn name(&self) -> StaticName {
+        "FaceEdgePointwise".into()
+    }
+
+    fn info(&self) -> TractResult<Vec<String>> {
+        Ok(vec![format!(
+            "{} -> {} channels, {} pixels, clamp {:?}",
+            self.inputs, self.outputs, self.pixels, self.clamp
+        )])
+    }
+
+    fn validation(&self) -> Validation {
+        Validation::Rounding
+    }
+
+    op_as_typed_op!();
+}
+
+impl EvalOp for Pointwise {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let (i, o, pixels) = (self.inputs, self.outputs, self.pixels);
+        ensure!(inputs.len() == 3 && inputs[0].len() == i * pixels);
+        let data = f32_values(&inputs[0])?;
+        let weights = f32_values(&inputs[1])?;
+        let bias = f32_values(&inputs[2])?;
+        ensure!(weights.len() == o * i && bias.len() == o);
+        // Every element is written below.
+        let mut out = unsafe { Tensor::uninitialized::<f32>(&self.output_shape)? };
+        pointwise(
+            data,
+            weights,
+            bias,
+            pixels,
+            self.clamp,
+            out_values(&mut out)?,
+        );
+        Ok(tvec!(out.into_tvalue()))
+    }
+}
+
+impl TypedOp for Pointwise {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        ensure!(inputs[0].shape.volume() == (self.inputs * self.pixels).to_dim());
+        Ok(tvec!(f32::fact(&self.output_shape)))
+    }
+
+    as_op!();
+}
+
+/// Output channels and pixels one register tile of the 1x1 convolution computes: 4 x 32 is eight
+/// AVX-512 accumulators, leaving registers for the inputs and the broadcast weights.
+const TILE_CHANNELS: usize = 4;
+const TILE_PIXELS: usize = 32;
+
+/// Smaller images stay with tract: from 14x14 down, its packed product (which also absorbs a
+/// following residual addition) was as fast or faster on MobileFaceNet and the stand-in; at 28x28
+/// and above the tile won (`face-edge bench`, both models, thresholds 256 to 784 alternated).
+const POINTWISE_MIN_PIXELS: usize = 784;
+
+/// Whether `Pointwise` has a tiled kernel for this CPU. Only AVX-512 (x86-64): there it beats
+/// tract's packed matrix product on every 1x1 convolution of our models (`face-edge bench
+/// --profile`); an AVX2 build of the same tile was slower than tract from 32 input channels up,
+/// and a NEON one cannot be timed here (qemu), so elsewhere tract keeps these convolutions.
+pub fn pointwise_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static AVX512: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *AVX512.get_or_init(|| std::arch::is_x86_feature_detected!("avx512f"))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Where the tiles of an axis of `len` (>= `tile`) start: every `tile` apart, the last one moved
+/// back to end at `len` (recomputing a few values, identically) so that there is no remainder loop.
+fn tile_starts(len: usize, tile: usize) -> impl Iterator<Item = usize> {
+    let last = len - tile;
+    (0..len.div_ceil(tile)).map(move |t| (t * tile).min(last))
+}
+
+/// out[o][p] = clamp(bias[o] + sum over i of weights[o][i] * data[i][p]) for one planar image.
+fn pointwise(
+    data: &[f32],
+    weights: &[f32],
+    bias: &[f32],
+    pixels: usize,
+    clamp: Clamp,
+    out: &mut [f32],
+) {
+    let outputs = bias.len();
+    if pointwise_available() && outputs >= TILE_CHANNELS && pixels >= TILE_PIXELS {
+        // SAFETY: AVX-512 is present and the axes hold at least one tile.
+        #[cfg(target_arch = "x86_64")]
+        return unsafe { pointwise_tiled(data, weights, bias, pixels, clamp, out) };
+    }
+    pointwise_plain(data, weights, bias, pixels, clamp, out)
+}
+
+/// `pointwise` in plain loops: only run if the op meets a CPU other than the one it was chosen for.
+fn pointwise_plain(
+    data: &[f32],
+    weights: &[f32],
+    bias: &[f32],
+    pixels: usize,
+    clamp: Clamp,
+    out: &mut [f32],
+) {
+    let inputs = weights.len() / bias.len();
+    for (o, (row, w)) in out
+        .chunks_exact_mut(pixels)
+        .zip(weights.chunks_exact(inputs))
+        .enumerate()
+    {
+        row.fill(bias[o]);
+        for (line, &w) in data.chunks_exact(pixels).zip(w) {
+            for (acc, &x) in row.iter_mut().zip(line) {
+                *acc += w * x;
+            }
+        }
+        row.iter_mut().for_each(|v| *v = clamp.apply(*v));
+    }
+}
+
+/// `pointwise` by register tiles. Requires AVX-512F, outputs >= TILE_CHANNELS and pixels >=
+/// TILE_PIXELS.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn pointwise_tiled(
+    data: &[f32],
+    weights: &[f32],
+    bias: &[f32],
+    pixels: usize,
+    clamp: Clamp,
+    out: &mut [f32],
+) {
+    let outputs = bias.len();
+    let inputs = weights.len() / outputs;
+    assert!(data.len() == inputs * pixels && out.len() == outputs * pixels);
+    // The weights of each block of output channels, input channel by input channel, so that each
+    // step of a tile reads its TILE_CHANNELS weights together.
+    let blocks: Vec<usize> = tile_starts(outputs, TILE_CHANNELS).collect();
+    let mut grouped = Vec::with_capacity(blocks.len() * inputs * TILE_CHANNELS);
+    for &co in &blocks {
+        for i in 0..inputs {
+            grouped.extend((co..co + TILE_CHANNELS).map(|o| weights[o * inputs + i]));
+        }
+    }
+    // Pixel tile by pixel tile, so that its inputs stay in cache while every output channel is made.
+    for p in tile_starts(pixels, TILE_PIXELS) {
+        for (&co, w) in blocks
+            .iter()
+            .zip(grouped.chunks_exact(inputs * TILE_CHANNELS))
+        {
+            let b: &[f32; TILE_CHANNELS] = bias[co..co + TILE_CHANNELS].try_into().unwrap();
+            // SAFETY: the tile reads data[i][p..p + TILE_PIXELS] for every input i and
+            // w[..inputs * TILE_CHANNELS], and writes out[co..co + TILE_CHANNELS][p..p +
+            // TILE_PIXELS]: inside the slices, as p + TILE_PIXELS <= pixels and co + TILE_CHANNELS
+            // <= outputs (asserted lengths above).
+            unsafe {
+                tile(
+                    data.as_ptr().add(p),
+                    pixels,
+                    inputs,
+                    w.as_ptr(),
+                    b,
+                    clamp,
+                    out.as_mut_ptr().add(co * pixels + p),
+                );
+            }
+        }
+    }
+}
+
+/// One tile: TILE_CHANNELS outputs x TILE_PIXELS pixels accumulated in registers over every input
+/// channel, then clamped and stored. `data` points at the tile's first pixel of input 0, `out` at
+/// that of output co; `weights` holds TILE_CHANNELS weights per input.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn tile(
+    data: *const f32,
+    pixels: usize,
+    inputs: usize,
+    weights: *const f32,
+    bias: &[f32; TILE_CHANNELS],
+    clamp: Clamp,
+    out: *mut f32,
+) {
+    use std::arch::x86_64::*;
+    // SAFETY (whole body): the caller keeps every pointer offset inside its slice.
+    unsafe {
+        let mut acc: [[__m512; 2]; TILE_CHANNELS] = bias.map(|b| [_mm512_set1_ps(b); 2]);
+        for i in 0..inputs {
+            let line = data.add(i * pixels);
+            let x = [_mm512_loadu_ps(line), _mm512_loadu_ps(line.add(16))];
+            for (j, acc) in acc.iter_mut().enumerate() {
+                let w = _mm512_set1_ps(*weights.add(i * TILE_CHANNELS + j));
+                acc[0] = _mm512_fmadd_ps(w, x[0], acc[0]);
+                acc[1] = _mm512_fmadd_ps(w, x[1], acc[1]);
+            }
+        }
+        let (low, high) = (_mm512_set1_ps(clamp.low), _mm512_set1_ps(clamp.high));
+        for (j, acc) in acc.iter().enumerate() {
+            for (h, &v) in acc.iter().enumerate() {
+                let v = _mm512_min_ps(_mm512_max_ps(v, low), high);
+                _mm512_storeu_ps(out.add(j * pixels + 16 * h), v);
+            }
+        }
+    }
 }
 
 /// 2x2 max pooling with stride 2 and no padding (floor), NCHW f32.
@@ -448,9 +981,25 @@ mod tests {
     }
 
     fn depthwise(shape: [usize; 4], stride: usize, before: [usize; 2], after: [usize; 2]) {
+        depthwise_in(DataFormat::NCHW, shape, stride, before, after)
+    }
+
+    /// `shape` is [N, C, H, W]; the input is laid out as `format` says.
+    fn depthwise_in(
+        format: DataFormat,
+        shape: [usize; 4],
+        stride: usize,
+        before: [usize; 2],
+        after: [usize; 2],
+    ) {
         let [n, c, h, w] = shape;
+        let layout = if format == DataFormat::NHWC {
+            [n, h, w, c]
+        } else {
+            shape
+        };
         let mut m = TypedModel::default();
-        let x = m.add_source("x", f32::fact(shape)).unwrap();
+        let x = m.add_source("x", f32::fact(layout)).unwrap();
         let k = m
             .add_const(
                 "k",
@@ -461,17 +1010,19 @@ mod tests {
             .add_const("b", Tensor::from_shape(&[c], &values(c, 2)).unwrap())
             .unwrap();
         let padding = PaddingSpec::Explicit(tvec![before[0], before[1]], tvec![after[0], after[1]]);
+        let mut spec = pool_spec(c, 3, stride, padding);
+        spec.data_format = format;
         let conv = Conv {
-            pool_spec: pool_spec(c, 3, stride, padding),
+            pool_spec: spec,
             kernel_fmt: KernelFormat::OIHW,
             group: c,
             q_params: None,
         };
         let y = m.wire_node("dw", conv, &[x, k, b]).unwrap();
         m.select_output_outlets(&y).unwrap();
-        let input = Tensor::from_shape(&shape, &values(n * c * h * w, 3)).unwrap();
+        let input = Tensor::from_shape(&layout, &values(n * c * h * w, 3)).unwrap();
         let (reference, ours, replaced) = both(m, input);
-        assert_eq!(replaced, 1, "{shape:?} stride {stride}");
+        assert_eq!(replaced, 1, "{format:?} {shape:?} stride {stride}");
         assert_eq!(reference.len(), ours.len());
         for (i, (r, o)) in reference.iter().zip(&ours).enumerate() {
             assert!(
@@ -493,6 +1044,164 @@ mod tests {
         depthwise([1, 1, 1, 1], 1, [1, 1], [1, 1]);
         depthwise([1, 5, 6, 2], 2, [1, 1], [1, 1]);
         depthwise([2, 3, 5, 5], 1, [2, 1], [0, 2]);
+    }
+
+    #[test]
+    fn depthwise_matches_tract_on_interleaved_channels() {
+        // YuNet's heads: NHWC, stride 1, 4 or 10 channels.
+        depthwise_in(DataFormat::NHWC, [1, 4, 6, 8], 1, [1, 1], [1, 1]);
+        depthwise_in(DataFormat::NHWC, [1, 10, 5, 3], 1, [1, 1], [1, 1]);
+        depthwise_in(DataFormat::NHWC, [2, 3, 4, 4], 1, [2, 0], [0, 2]);
+    }
+
+    /// Appends ONNX Clip(0, 0.5) as tract declutters it, max(x, 0) then min(x, 0.5), with constants
+    /// of the given rank; returns the clipped wire.
+    fn clip(m: &mut TypedModel, wire: OutletId, rank: usize) -> OutletId {
+        use tract_onnx::tract_core::ops::math;
+        let ones = vec![1; rank];
+        let low = m
+            .add_const("low", Tensor::from_shape(&ones, &[0f32]).unwrap())
+            .unwrap();
+        let high = m
+            .add_const("high", Tensor::from_shape(&ones, &[0.5f32]).unwrap())
+            .unwrap();
+        let wire = m.wire_node("clip.low", math::max(), &[wire, low]).unwrap()[0];
+        m.wire_node("clip.high", math::min(), &[wire, high])
+            .unwrap()[0]
+    }
+
+    /// A batch-1 NCHW model: x -> 3x3 depthwise (c channels) or 1x1 convolution (c -> outputs).
+    fn conv_model(c: usize, outputs: usize, h: usize, w: usize) -> (TypedModel, OutletId) {
+        let size = if outputs == 0 { 3 } else { 1 };
+        let o = if outputs == 0 { c } else { outputs };
+        let per_group = if outputs == 0 { 1 } else { c };
+        let mut m = TypedModel::default();
+        let x = m.add_source("x", f32::fact([1, c, h, w])).unwrap();
+        let kernel = Tensor::from_shape(
+            &[o, per_group, size, size],
+            &values(o * per_group * size * size, 11),
+        )
+        .unwrap();
+        let k = m.add_const("k", kernel).unwrap();
+        let b = m
+            .add_const("b", Tensor::from_shape(&[o], &values(o, 12)).unwrap())
+            .unwrap();
+        let pad = size / 2;
+        let mut spec = pool_spec(
+            c,
+            size,
+            1,
+            PaddingSpec::Explicit(tvec![pad; 2], tvec![pad; 2]),
+        );
+        spec.output_channels = o;
+        let conv = Conv {
+            pool_spec: spec,
+            kernel_fmt: KernelFormat::OIHW,
+            group: if outputs == 0 { c } else { 1 },
+            q_params: None,
+        };
+        let y = m.wire_node("conv", conv, &[x, k, b]).unwrap()[0];
+        (m, y)
+    }
+
+    fn assert_close(reference: &[f32], ours: &[f32], tolerance: f32, what: &str) {
+        assert_eq!(reference.len(), ours.len(), "{what}");
+        for (i, (r, o)) in reference.iter().zip(ours).enumerate() {
+            assert!(
+                (r - o).abs() <= tolerance,
+                "{what}: [{i}] tract {r} ours {o}"
+            );
+        }
+    }
+
+    /// Operator names of the optimised model `install` was applied to.
+    fn optimised_ops(model: TypedModel) -> Vec<String> {
+        let mut ours = model.into_decluttered().unwrap();
+        install(&mut ours).unwrap();
+        let ours = ours.into_optimized().unwrap();
+        ours.nodes()
+            .iter()
+            .map(|n| n.op().name().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn a_clip_after_a_depthwise_convolution_is_folded_into_it() {
+        let (mut m, y) = conv_model(3, 0, 8, 8);
+        let clipped = clip(&mut m, y, 4);
+        m.select_output_outlets(&[clipped]).unwrap();
+        let input = Tensor::from_shape(&[1, 3, 8, 8], &values(192, 13)).unwrap();
+        let (reference, ours, replaced) = both(m.clone(), input);
+        assert_eq!(replaced, 1);
+        assert_close(&reference, &ours, 1e-5, "depthwise + clip");
+        // Both bounds acted, and no max or min is left for tract to run.
+        assert!(ours.contains(&0.0) && ours.contains(&0.5), "{ours:?}");
+        let ops = optimised_ops(m);
+        assert!(
+            ops.iter()
+                .all(|op| !op.contains("Max") && !op.contains("Min")),
+            "{ops:?}"
+        );
+    }
+
+    #[test]
+    fn a_clip_is_not_folded_when_the_unclipped_values_are_also_needed() {
+        // The convolution's own output is a model output too: folding would lose it.
+        let (mut m, y) = conv_model(3, 0, 6, 6);
+        let clipped = clip(&mut m, y, 4);
+        m.select_output_outlets(&[clipped, y]).unwrap();
+        let input = Tensor::from_shape(&[1, 3, 6, 6], &values(108, 14)).unwrap();
+        let (reference, ours, replaced) = both(m.clone(), input);
+        assert_eq!(replaced, 1);
+        assert_close(&reference, &ours, 1e-5, "clipped output");
+        let ops = optimised_ops(m);
+        assert!(ops.iter().any(|op| op.contains("Max")), "{ops:?}");
+    }
+
+    fn pointwise_case(c: usize, outputs: usize, h: usize, w: usize) {
+        let (mut m, y) = conv_model(c, outputs, h, w);
+        let clipped = clip(&mut m, y, 4);
+        m.select_output_outlets(&[clipped]).unwrap();
+        let input = Tensor::from_shape(&[1, c, h, w], &values(c * h * w, 15)).unwrap();
+        let (reference, ours, replaced) = both(m, input);
+        let used =
+            pointwise_available() && h * w >= POINTWISE_MIN_PIXELS && outputs >= TILE_CHANNELS;
+        assert_eq!(replaced, usize::from(used), "{c} -> {outputs}, {h}x{w}");
+        assert_close(
+            &reference,
+            &ours,
+            1e-5,
+            &format!("{c} -> {outputs}, {h}x{w}"),
+        );
+    }
+
+    #[test]
+    fn pointwise_matches_tract_where_it_is_used_and_is_left_to_tract_elsewhere() {
+        // 900 pixels and 6 outputs: the last pixel tile and channel block overlap the previous.
+        pointwise_case(16, 6, 30, 30);
+        pointwise_case(64, 64, 28, 28);
+        pointwise_case(3, 4, 32, 40);
+        // Too small an image, too few outputs: tract's.
+        pointwise_case(8, 8, 7, 7);
+        pointwise_case(8, 3, 32, 32);
+    }
+
+    #[test]
+    fn tiled_and_plain_pointwise_agree() {
+        let (inputs, outputs, pixels) = (24, 10, 100);
+        let data = values(inputs * pixels, 16);
+        let weights = values(outputs * inputs, 17);
+        let bias = values(outputs, 18);
+        let clamp = Clamp {
+            low: -0.5,
+            high: 1.0,
+        };
+        let mut plain = vec![0f32; outputs * pixels];
+        pointwise_plain(&data, &weights, &bias, pixels, clamp, &mut plain);
+        let mut chosen = vec![f32::NAN; outputs * pixels];
+        pointwise(&data, &weights, &bias, pixels, clamp, &mut chosen);
+        assert_close(&plain, &chosen, 1e-5, "tiled vs plain");
+        assert!(plain.contains(&-0.5) && plain.contains(&1.0));
     }
 
     #[test]
