@@ -24,23 +24,25 @@ pub fn install(model: &mut TypedModel) -> TractResult<usize> {
     // the ids of the nodes still to visit stay valid (the old node is left dead for tract to prune).
     for id in model.eval_order()? {
         let node = model.node(id);
+        // Clamping each output as it is written saves the activation's own pass over the tensor.
         let patch = if let Some(mut op) = depthwise_for(model, node)? {
-            // Clamping each output as it is written saves the activation's own pass over the tensor.
-            let (clamp, end) = fusable_clamp(model, OutletId::new(id, 0))?;
-            op.clamp = clamp;
-            let mut patch = TypedModelPatch::default();
-            let inputs = patch.taps(model, &node.inputs)?;
-            let fused = patch.wire_node(&node.name, op, &inputs)?[0];
-            patch.shunt_outside(model, end, fused)?;
-            patch
+            let end;
+            (op.clamp, end) = fusable_clamp(model, OutletId::new(id, 0))?;
+            patch_through(model, node, &node.inputs, op, end)?
+        } else if let Some(mut op) = first_layer_for(model, node)? {
+            let end;
+            (op.clamp, end) = fusable_clamp(model, OutletId::new(id, 0))?;
+            patch_through(model, node, &node.inputs, op, end)?
         } else if let Some((mut op, bias, with_bias)) = pointwise_for(model, node)? {
-            let (clamp, end) = fusable_clamp(model, with_bias)?;
-            op.clamp = clamp;
-            let mut patch = TypedModelPatch::default();
-            let inputs = patch.taps(model, &[node.inputs[0], node.inputs[1], bias])?;
-            let fused = patch.wire_node(&node.name, op, &inputs)?[0];
-            patch.shunt_outside(model, end, fused)?;
-            patch
+            let end;
+            (op.clamp, end) = fusable_clamp(model, with_bias)?;
+            patch_through(
+                model,
+                node,
+                &[node.inputs[0], node.inputs[1], bias],
+                op,
+                end,
+            )?
         } else if let Some(op) = max_pool_for(model, node)? {
             TypedModelPatch::replace_single_op(model, node, &node.inputs, op)?
         } else {
@@ -50,6 +52,22 @@ pub fn install(model: &mut TypedModel) -> TractResult<usize> {
         replaced += 1;
     }
     Ok(replaced)
+}
+
+/// A patch computing `op` (named after `node`) from `inputs` in place of the value at `end`, which
+/// `node` alone or with the nodes folded into `op` produced.
+fn patch_through(
+    model: &TypedModel,
+    node: &TypedNode,
+    inputs: &[OutletId],
+    op: impl TypedOp,
+    end: OutletId,
+) -> TractResult<TypedModelPatch> {
+    let mut patch = TypedModelPatch::default();
+    let inputs = patch.taps(model, inputs)?;
+    let fused = patch.wire_node(&node.name, op, &inputs)?[0];
+    patch.shunt_outside(model, end, fused)?;
+    Ok(patch)
 }
 
 /// The concrete shape of an f32 input as [N, C, H, W] (N = 1 for CHW and HWC, which tract's
@@ -137,7 +155,9 @@ fn explicit_padding(padding: &PaddingSpec) -> Option<([usize; 2], [usize; 2])> {
     }
 }
 
-fn depthwise_for(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Depthwise3x3>> {
+/// The geometry of a 3x3 convolution node with constant f32 kernel and bias, stride 1 or 2 on both
+/// axes, no dilation and explicit zero padding of at most 2, and whether its channels are interleaved.
+fn window_for(model: &TypedModel, node: &TypedNode) -> TractResult<Option<(Window, bool)>> {
     let Some(conv) = node.op_as::<Conv>() else {
         return Ok(None);
     };
@@ -150,9 +170,7 @@ fn depthwise_for(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Dep
     let eligible = conv.q_params.is_none()
         && node.inputs.len() == 3
         && conv.kernel_fmt == KernelFormat::OIHW
-        && conv.group == c
         && spec.input_channels == c
-        && spec.output_channels == c
         && *spec.kernel_shape == [3, 3]
         && spec
             .dilations
@@ -160,24 +178,15 @@ fn depthwise_for(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Dep
             .is_none_or(|d| d.iter().all(|&d| d == 1))
         && strides.len() == 2
         && strides[0] == strides[1]
-        && (1..=2).contains(&strides[0])
-        // Interleaved channels only appear in YuNet's small stride-1 heads.
-        && (!channels_last || strides[0] == 1);
+        && (1..=2).contains(&strides[0]);
     let Some((before, after)) = explicit_padding(&spec.padding) else {
         return Ok(None);
     };
-    let kernel = model.outlet_fact(node.inputs[1])?;
-    let bias = model.outlet_fact(node.inputs[2])?;
-    let consts = kernel.konst.is_some()
-        && bias.konst.is_some()
-        && kernel.datum_type == f32::datum_type()
-        && bias.datum_type == f32::datum_type()
-        && kernel.shape.as_concrete() == Some(&[c, 1, 3, 3][..])
-        && bias
-            .shape
-            .volume()
-            .as_i64()
-            .is_some_and(|v| v == c as i64 || v == 1);
+    let consts = node.inputs[1..].iter().all(|&input| {
+        model
+            .outlet_fact(input)
+            .is_ok_and(|f| f.konst.is_some() && f.datum_type == f32::datum_type())
+    });
     if !eligible || !consts || before.iter().chain(&after).any(|&p| p > 2) {
         return Ok(None);
     }
@@ -187,14 +196,66 @@ fn depthwise_for(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Dep
     let (Some(oh), Some(ow)) = (out(h, before[0], after[0]), out(w, before[1], after[1])) else {
         return Ok(None);
     };
-    Ok(Some(Depthwise3x3 {
+    let o = spec.output_channels;
+    let window = Window {
         input: [n, c, h, w],
-        output: [n, c, oh, ow],
-        output_shape: shape_like(spec.data_format, [n, c, oh, ow]),
+        output: [n, o, oh, ow],
+        output_shape: shape_like(spec.data_format, [n, o, oh, ow]),
         stride,
         pad_top: before[0],
         pad_left: before[1],
+    };
+    Ok(Some((window, channels_last)))
+}
+
+/// Whether the kernel and bias inputs of `node` have these shapes (the bias: this many values).
+fn kernel_and_bias(
+    model: &TypedModel,
+    node: &TypedNode,
+    kernel: &[usize],
+    bias: &[usize],
+) -> TractResult<bool> {
+    let k = model.outlet_fact(node.inputs[1])?;
+    let b = model.outlet_fact(node.inputs[2])?;
+    Ok(k.shape.as_concrete() == Some(kernel)
+        && b.shape
+            .volume()
+            .as_i64()
+            .is_some_and(|v| bias.contains(&(v as usize))))
+}
+
+fn depthwise_for(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Depthwise3x3>> {
+    let Some((window, channels_last)) = window_for(model, node)? else {
+        return Ok(None);
+    };
+    let c = window.input[1];
+    let depthwise = node.op_as::<Conv>().is_some_and(|conv| conv.group == c)
+        && window.output[1] == c
+        // Interleaved channels only appear in YuNet's small stride-1 heads.
+        && (!channels_last || window.stride == 1)
+        && kernel_and_bias(model, node, &[c, 1, 3, 3], &[c, 1])?;
+    Ok(depthwise.then_some(Depthwise3x3 {
+        window,
         channels_last,
+        clamp: Clamp::NONE,
+    }))
+}
+
+fn first_layer_for(model: &TypedModel, node: &TypedNode) -> TractResult<Option<FirstLayer3x3>> {
+    let Some((window, channels_last)) = window_for(model, node)? else {
+        return Ok(None);
+    };
+    let [_, c, _, _] = window.input;
+    let [_, o, _, ow] = window.output;
+    let eligible = avx512_available()
+        && node.op_as::<Conv>().is_some_and(|conv| conv.group == 1)
+        && !channels_last
+        && c <= FIRST_LAYER_MAX_INPUTS
+        && o >= FIRST_LAYER_TILE_CHANNELS
+        && ow >= FIRST_LAYER_TILE_PIXELS
+        && kernel_and_bias(model, node, &[o, c, 3, 3], &[o])?;
+    Ok(eligible.then_some(FirstLayer3x3 {
+        window,
         clamp: Clamp::NONE,
     }))
 }
@@ -231,7 +292,7 @@ fn pointwise_for(
         [1, c, h, w] | [c, h, w] if c == i => h * w,
         _ => return Ok(None),
     };
-    if !pointwise_available() || pixels < POINTWISE_MIN_PIXELS || o < TILE_CHANNELS {
+    if !avx512_available() || pixels < POINTWISE_MIN_PIXELS || o < TILE_CHANNELS {
         return Ok(None);
     }
     if data.datum_type != f32::datum_type()
@@ -341,18 +402,111 @@ impl PartialEq for Clamp {
 
 impl Eq for Clamp {}
 
-/// 3x3 depthwise convolution, f32, zero padding, then a clamp; planar (NCHW, CHW) at stride 1 or 2,
-/// interleaved (NHWC, HWC) at stride 1. Inputs: data, kernel [C,1,3,3], bias [C] (or one value).
+/// Where a 3x3 window reads: input and output as [N, C, H, W] whatever the layout, the output as the
+/// graph has it, stride and the padding before each axis (the padding after follows from the sizes).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Depthwise3x3 {
-    /// As [N, C, H, W], whatever the layout.
+struct Window {
     input: [usize; 4],
     output: [usize; 4],
-    /// The output as the graph has it.
     output_shape: Vec<usize>,
     stride: usize,
     pad_top: usize,
     pad_left: usize,
+}
+
+impl Window {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        ensure!(inputs[0].shape.volume() == self.input.iter().product::<usize>().to_dim());
+        Ok(tvec!(f32::fact(&self.output_shape)))
+    }
+
+    /// The padded input extent the outputs read: rows and columns.
+    fn padded_size(&self) -> (usize, usize) {
+        let [_, _, oh, ow] = self.output;
+        ((oh - 1) * self.stride + 3, (ow - 1) * self.stride + 3)
+    }
+
+    /// Values per row of a padded plane: stride 1, the padded columns; stride 2, the even columns
+    /// then the odd ones, each half rounded up.
+    fn padded_row(&self) -> usize {
+        let pw = self.padded_size().1;
+        if self.stride == 1 {
+            pw
+        } else {
+            2 * pw.div_ceil(2)
+        }
+    }
+
+    fn padded_len(&self) -> usize {
+        self.padded_size().0 * self.padded_row()
+    }
+
+    /// Copies one planar channel into `padded` with its zero border (and, for stride 2, its columns
+    /// split into even and odd halves), so that every output row is the same nine-tap sum over
+    /// contiguous slices (`taps`): no edge cases in the loops that compute.
+    fn pad(&self, src: &[f32], padded: &mut [f32]) {
+        let [_, _, h, w] = self.input;
+        let (ph, pw) = self.padded_size();
+        let p = self.pad_left;
+        // Source columns past the padded width are never read.
+        let columns = w.min(pw - p);
+        for (y, out) in padded
+            .chunks_exact_mut(self.padded_row())
+            .take(ph)
+            .enumerate()
+        {
+            out.fill(0.0);
+            let Some(sy) = y.checked_sub(self.pad_top).filter(|&sy| sy < h) else {
+                continue;
+            };
+            let line = &src[sy * w..][..columns];
+            if self.stride == 1 {
+                out[p..p + columns].copy_from_slice(line);
+                continue;
+            }
+            // Source column x lands on padded column x + p: the even ones in the first half (at
+            // (x + p) / 2), the odd ones in the second.
+            let (even, odd) = out.split_at_mut(pw.div_ceil(2));
+            let parity = p % 2;
+            for (slot, &v) in even[(p + parity) / 2..]
+                .iter_mut()
+                .zip(line[parity..].iter().step_by(2))
+            {
+                *slot = v;
+            }
+            for (slot, &v) in odd[p / 2..]
+                .iter_mut()
+                .zip(line[1 - parity..].iter().step_by(2))
+            {
+                *slot = v;
+            }
+        }
+    }
+
+    /// The nine slices of a padded plane whose element x is tap (ky, kx) of output (oy, x).
+    fn taps<'a>(&self, padded: &'a [f32], oy: usize) -> [&'a [f32]; 9] {
+        let row = self.padded_row();
+        let half = self.padded_size().1.div_ceil(2);
+        let line = |ky: usize| &padded[(oy * self.stride + ky) * row..][..row];
+        std::array::from_fn(|t| {
+            let (ky, kx) = (t / 3, t % 3);
+            let start = match (self.stride, kx) {
+                (1, kx) => kx,
+                // Column 2x + kx: kx = 0 -> even[x], 1 -> odd[x], 2 -> even[x + 1].
+                (_, 0) => 0,
+                (_, 1) => half,
+                _ => 1,
+            };
+            &line(ky)[start..]
+        })
+    }
+}
+
+/// 3x3 depthwise convolution, f32, zero padding, then a clamp; planar (NCHW, CHW) at stride 1 or 2,
+/// interleaved (NHWC, HWC) at stride 1. Inputs: data, kernel [C,1,3,3], bias [C] (or one value).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Depthwise3x3 {
+    window: Window,
     channels_last: bool,
     clamp: Clamp,
 }
@@ -363,14 +517,15 @@ impl Op for Depthwise3x3 {
     }
 
     fn info(&self) -> TractResult<Vec<String>> {
+        let w = &self.window;
         Ok(vec![format!(
             "{:?} -> {:?} (NCHW{}), stride {}, pad top {} left {}, clamp {:?}",
-            self.input,
-            self.output,
+            w.input,
+            w.output,
             if self.channels_last { " as NHWC" } else { "" },
-            self.stride,
-            self.pad_top,
-            self.pad_left,
+            w.stride,
+            w.pad_top,
+            w.pad_left,
             self.clamp
         )])
     }
@@ -386,21 +541,21 @@ impl EvalOp for Depthwise3x3 {
     op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        ensure!(inputs.len() == 3 && inputs[0].len() == self.input.iter().product::<usize>());
+        let window = &self.window;
+        ensure!(inputs.len() == 3 && inputs[0].len() == window.input.iter().product::<usize>());
         let data = f32_values(&inputs[0])?;
         let kernel = f32_values(&inputs[1])?;
         let bias = f32_values(&inputs[2])?;
-        let [_, c, h, w] = self.input;
-        let [_, _, oh, ow] = self.output;
+        let [_, c, h, w] = window.input;
+        let [_, _, oh, ow] = window.output;
         ensure!(kernel.len() == c * 9 && (bias.len() == c || bias.len() == 1));
         // Every element is written below (rows start from the bias).
-        let mut out = unsafe { Tensor::uninitialized::<f32>(&self.output_shape)? };
+        let mut out = unsafe { Tensor::uninitialized::<f32>(&window.output_shape)? };
         if self.channels_last {
             self.interleaved(data, kernel, bias, out_values(&mut out)?);
             return Ok(tvec!(out.into_tvalue()));
         }
-        let (ph, pw) = self.padded_size();
-        let mut scratch = vec![0f32; ph * 2 * pw.div_ceil(2)];
+        let mut padded = vec![0f32; window.padded_len()];
         let planes = data
             .chunks_exact(h * w)
             .zip(out_values(&mut out)?.chunks_exact_mut(oh * ow));
@@ -408,7 +563,10 @@ impl EvalOp for Depthwise3x3 {
             let ch = i % c;
             let taps: &[f32; 9] = kernel[ch * 9..ch * 9 + 9].try_into()?;
             let b = if bias.len() == 1 { bias[0] } else { bias[ch] };
-            self.plane(src, dst, taps, b, &mut scratch);
+            window.pad(src, &mut padded);
+            for (oy, row) in dst.chunks_exact_mut(ow).enumerate() {
+                nine_taps(row, window.taps(&padded, oy), taps, b, self.clamp);
+            }
         }
         Ok(tvec!(out.into_tvalue()))
     }
@@ -421,83 +579,14 @@ fn out_values(t: &mut Tensor) -> TractResult<&mut [f32]> {
 }
 
 impl Depthwise3x3 {
-    /// The padded input extent the outputs read: rows and columns of `padded`.
-    fn padded_size(&self) -> (usize, usize) {
-        let [_, _, oh, ow] = self.output;
-        ((oh - 1) * self.stride + 3, (ow - 1) * self.stride + 3)
-    }
-
-    /// One channel. The plane is first copied into `padded` with its zero border (and, for stride 2,
-    /// its columns split into even and odd halves), so that every output is the same fused nine-tap
-    /// sum over contiguous rows: no edge cases in the loop the compiler vectorises.
-    fn plane(&self, src: &[f32], dst: &mut [f32], taps: &[f32; 9], bias: f32, padded: &mut [f32]) {
-        let [_, _, h, w] = self.input;
-        let ow = self.output[3];
-        let (ph, pw) = self.padded_size();
-        // Stride 1: one padded row of pw values. Stride 2: even columns then odd columns.
-        let half = pw.div_ceil(2);
-        let stride_row = if self.stride == 1 { pw } else { 2 * half };
-        for (y, out) in padded.chunks_exact_mut(stride_row).take(ph).enumerate() {
-            out.fill(0.0);
-            let Some(sy) = y.checked_sub(self.pad_top).filter(|&sy| sy < h) else {
-                continue;
-            };
-            let line = &src[sy * w..(sy + 1) * w];
-            for (x, &v) in line.iter().enumerate() {
-                let px = x + self.pad_left;
-                if px >= pw {
-                    break;
-                }
-                let at = if self.stride == 1 {
-                    px
-                } else if px.is_multiple_of(2) {
-                    px / 2
-                } else {
-                    half + px / 2
-                };
-                out[at] = v;
-            }
-        }
-        for (oy, row) in dst.chunks_exact_mut(ow).enumerate() {
-            let line = |ky: usize| &padded[(oy * self.stride + ky) * stride_row..][..stride_row];
-            let (l0, l1, l2) = (line(0), line(1), line(2));
-            let sources: [&[f32]; 9] = if self.stride == 1 {
-                [
-                    &l0[0..],
-                    &l0[1..],
-                    &l0[2..],
-                    &l1[0..],
-                    &l1[1..],
-                    &l1[2..],
-                    &l2[0..],
-                    &l2[1..],
-                    &l2[2..],
-                ]
-            } else {
-                // Column 2x + kx: kx = 0 -> even[x], 1 -> odd[x], 2 -> even[x + 1].
-                [
-                    &l0[0..],
-                    &l0[half..],
-                    &l0[1..],
-                    &l1[0..],
-                    &l1[half..],
-                    &l1[1..],
-                    &l2[0..],
-                    &l2[half..],
-                    &l2[1..],
-                ]
-            };
-            nine_taps(row, sources, taps, bias, self.clamp);
-        }
-    }
-
     /// Every image of an interleaved (NHWC) input, stride 1. Each image is copied once into a
     /// zero-bordered buffer; then an output row is again a nine-tap sum over contiguous slices, with
     /// per-element weights (the kernel's taps repeated along the row, channel by channel).
     fn interleaved(&self, data: &[f32], kernel: &[f32], bias: &[f32], out: &mut [f32]) {
-        let [_, c, h, w] = self.input;
-        let [_, _, oh, ow] = self.output;
-        let (ph, pw) = self.padded_size();
+        let window = &self.window;
+        let [_, c, h, w] = window.input;
+        let [_, _, oh, ow] = window.output;
+        let (ph, pw) = window.padded_size();
         let row = ow * c;
         let weight_rows: Vec<f32> = (0..9)
             .flat_map(|t| (0..row).map(move |i| kernel[(i % c) * 9 + t]))
@@ -513,15 +602,15 @@ impl Depthwise3x3 {
             .collect();
         let weights: [&[f32]; 9] = std::array::from_fn(|t| &weight_rows[t * row..][..row]);
         let mut padded = vec![0f32; ph * pw * c];
-        let columns = w.min(pw - self.pad_left);
+        let columns = w.min(pw - window.pad_left);
         for (src, dst) in data
             .chunks_exact(h * w * c)
             .zip(out.chunks_exact_mut(oh * row))
         {
             for (sy, line) in src.chunks_exact(w * c).enumerate() {
-                let py = sy + self.pad_top;
+                let py = sy + window.pad_top;
                 if py < ph {
-                    padded[(py * pw + self.pad_left) * c..][..columns * c]
+                    padded[(py * pw + window.pad_left) * c..][..columns * c]
                         .copy_from_slice(&line[..columns * c]);
                 }
             }
@@ -636,8 +725,7 @@ fn weighted<const N: usize>(
 
 impl TypedOp for Depthwise3x3 {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        ensure!(inputs[0].shape.volume() == self.input.iter().product::<usize>().to_dim());
-        Ok(tvec!(f32::fact(&self.output_shape)))
+        self.window.output_facts(inputs)
     }
 
     as_op!();
@@ -717,11 +805,11 @@ const TILE_PIXELS: usize = 32;
 /// and above the tile won (`face-edge bench`, both models, thresholds 256 to 784 alternated).
 const POINTWISE_MIN_PIXELS: usize = 784;
 
-/// Whether `Pointwise` has a tiled kernel for this CPU. Only AVX-512 (x86-64): there it beats
-/// tract's packed matrix product on every 1x1 convolution of our models (`face-edge bench
-/// --profile`); an AVX2 build of the same tile was slower than tract from 32 input channels up,
-/// and a NEON one cannot be timed here (qemu), so elsewhere tract keeps these convolutions.
-pub fn pointwise_available() -> bool {
+/// Whether the register-tiled kernels (`Pointwise`, `FirstLayer3x3`) run on this CPU. Only with
+/// AVX-512 (x86-64): there they beat tract's own (`face-edge bench --profile`); an AVX2 build of the
+/// 1x1 tile was slower than tract from 32 input channels up, and NEON builds cannot be timed here
+/// (qemu), so elsewhere tract keeps these convolutions.
+pub fn avx512_available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         static AVX512: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
@@ -750,7 +838,7 @@ fn pointwise(
     out: &mut [f32],
 ) {
     let outputs = bias.len();
-    if pointwise_available() && outputs >= TILE_CHANNELS && pixels >= TILE_PIXELS {
+    if avx512_available() && outputs >= TILE_CHANNELS && pixels >= TILE_PIXELS {
         // SAFETY: AVX-512 is present and the axes hold at least one tile.
         #[cfg(target_arch = "x86_64")]
         return unsafe { pointwise_tiled(data, weights, bias, pixels, clamp, out) };
@@ -870,6 +958,190 @@ unsafe fn tile(
     }
 }
 
+/// Most input channels a first-layer convolution may have (RGB and a spare), and its register tile:
+/// 16 output channels x 16 pixels, sixteen AVX-512 accumulators.
+const FIRST_LAYER_MAX_INPUTS: usize = 4;
+const FIRST_LAYER_TILE_CHANNELS: usize = 16;
+const FIRST_LAYER_TILE_PIXELS: usize = 16;
+
+/// Dense 3x3 convolution of a planar f32 image with few channels (a network's first layer, as
+/// YuNet's 3 -> 16 at stride 2, where tract's direct convolution took 10 % of the detector), plus
+/// bias, then a clamp. Inputs: data, kernel [O, C, 3, 3], bias [O].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FirstLayer3x3 {
+    window: Window,
+    clamp: Clamp,
+}
+
+impl Op for FirstLayer3x3 {
+    fn name(&self) -> StaticName {
+        "FaceEdgeFirstLayer3x3".into()
+    }
+
+    fn info(&self) -> TractResult<Vec<String>> {
+        let w = &self.window;
+        Ok(vec![format!(
+            "{:?} -> {:?}, stride {}, pad top {} left {}, clamp {:?}",
+            w.input, w.output, w.stride, w.pad_top, w.pad_left, self.clamp
+        )])
+    }
+
+    fn validation(&self) -> Validation {
+        Validation::Rounding
+    }
+
+    op_as_typed_op!();
+}
+
+impl EvalOp for FirstLayer3x3 {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let window = &self.window;
+        ensure!(inputs.len() == 3 && inputs[0].len() == window.input.iter().product::<usize>());
+        let data = f32_values(&inputs[0])?;
+        let kernel = f32_values(&inputs[1])?;
+        let bias = f32_values(&inputs[2])?;
+        let [_, c, h, w] = window.input;
+        let [_, o, oh, ow] = window.output;
+        ensure!(c <= FIRST_LAYER_MAX_INPUTS && kernel.len() == o * c * 9 && bias.len() == o);
+        // The kernel reordered [input][tap][output], so that a tile's weights for one tap of one
+        // input are together.
+        let mut by_tap = vec![0f32; kernel.len()];
+        for (i, &k) in kernel.iter().enumerate() {
+            let (co, rest) = (i / (c * 9), i % (c * 9));
+            by_tap[rest * o + co] = k;
+        }
+        let plane = window.padded_len();
+        let mut padded = vec![0f32; c * plane];
+        // Every element is written below.
+        let mut out = unsafe { Tensor::uninitialized::<f32>(&window.output_shape)? };
+        let images = data
+            .chunks_exact(c * h * w)
+            .zip(out_values(&mut out)?.chunks_exact_mut(o * oh * ow));
+        for (image, dst) in images {
+            for (src, padded) in image
+                .chunks_exact(h * w)
+                .zip(padded.chunks_exact_mut(plane))
+            {
+                window.pad(src, padded);
+            }
+            #[cfg(target_arch = "x86_64")]
+            if avx512_available() {
+                // SAFETY: AVX-512 is present; the sizes were checked when the op was chosen.
+                unsafe { first_layer_tiled(window, &padded, &by_tap, bias, self.clamp, dst) };
+                continue;
+            }
+            first_layer_plain(window, &padded, &by_tap, bias, self.clamp, dst);
+        }
+        Ok(tvec!(out.into_tvalue()))
+    }
+}
+
+impl TypedOp for FirstLayer3x3 {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        self.window.output_facts(inputs)
+    }
+
+    as_op!();
+}
+
+/// The nine tap slices of each input channel's padded plane for output row `oy`.
+fn first_layer_taps<'a>(
+    window: &Window,
+    padded: &'a [f32],
+    oy: usize,
+) -> [[&'a [f32]; 9]; FIRST_LAYER_MAX_INPUTS] {
+    let plane = window.padded_len();
+    let mut taps = [[&[][..]; 9]; FIRST_LAYER_MAX_INPUTS];
+    for (taps, padded) in taps.iter_mut().zip(padded.chunks_exact(plane)) {
+        *taps = window.taps(padded, oy);
+    }
+    taps
+}
+
+/// One image of `FirstLayer3x3` in plain loops: only run if the op meets a CPU other than the one
+/// it was chosen for. `by_tap` is the kernel as [input][tap][output].
+fn first_layer_plain(
+    window: &Window,
+    padded: &[f32],
+    by_tap: &[f32],
+    bias: &[f32],
+    clamp: Clamp,
+    out: &mut [f32],
+) {
+    let [_, c, _, _] = window.input;
+    let [_, o, oh, ow] = window.output;
+    for oy in 0..oh {
+        let taps = first_layer_taps(window, padded, oy);
+        for (co, plane) in out.chunks_exact_mut(oh * ow).enumerate() {
+            let row = &mut plane[oy * ow..][..ow];
+            row.fill(bias[co]);
+            for (ci, taps) in taps.iter().take(c).enumerate() {
+                for (t, src) in taps.iter().enumerate() {
+                    let k = by_tap[(ci * 9 + t) * o + co];
+                    for (v, &x) in row.iter_mut().zip(*src) {
+                        *v += k * x;
+                    }
+                }
+            }
+            row.iter_mut().for_each(|v| *v = clamp.apply(*v));
+        }
+    }
+}
+
+/// One image of `FirstLayer3x3` by tiles of 16 outputs x 16 pixels: each tile loads every tap of
+/// every input once and feeds it to sixteen accumulators. Requires AVX-512F, at least 16 outputs
+/// and 16 output columns.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn first_layer_tiled(
+    window: &Window,
+    padded: &[f32],
+    by_tap: &[f32],
+    bias: &[f32],
+    clamp: Clamp,
+    out: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    const CH: usize = FIRST_LAYER_TILE_CHANNELS;
+    const PX: usize = FIRST_LAYER_TILE_PIXELS;
+    let [_, c, _, _] = window.input;
+    let [_, o, oh, ow] = window.output;
+    assert!(out.len() == o * oh * ow && by_tap.len() == c * 9 * o && bias.len() == o);
+    let (low, high) = (_mm512_set1_ps(clamp.low), _mm512_set1_ps(clamp.high));
+    for oy in 0..oh {
+        let taps = first_layer_taps(window, padded, oy);
+        for x in tile_starts(ow, PX) {
+            for co in tile_starts(o, CH) {
+                let mut acc: [__m512; CH] = std::array::from_fn(|j| _mm512_set1_ps(bias[co + j]));
+                for (ci, taps) in taps.iter().take(c).enumerate() {
+                    for (t, src) in taps.iter().enumerate() {
+                        // SAFETY: the slice bounds are checked; AVX-512 is enabled on this function.
+                        let v = unsafe { _mm512_loadu_ps(src[x..x + PX].as_ptr()) };
+                        let w = &by_tap[(ci * 9 + t) * o + co..][..CH];
+                        for (acc, &w) in acc.iter_mut().zip(w) {
+                            *acc = _mm512_fmadd_ps(_mm512_set1_ps(w), v, *acc);
+                        }
+                    }
+                }
+                for (j, &v) in acc.iter().enumerate() {
+                    let dst = &mut out[(co + j) * oh * ow + oy * ow + x..][..PX];
+                    let v = _mm512_min_ps(_mm512_max_ps(v, low), high);
+                    // SAFETY: `dst` holds PX values.
+                    unsafe { _mm512_storeu_ps(dst.as_mut_ptr(), v) };
+                }
+            }
+        }
+    }
+}
+
+/// The larger of two values, as one vector max instruction (`f32::max`'s NaN rule costs a blend).
+#[inline(always)]
+fn larger(a: f32, b: f32) -> f32 {
+    if a > b { a } else { b }
+}
+
 /// 2x2 max pooling with stride 2 and no padding (floor), NCHW f32.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct MaxPool2x2 {
@@ -900,6 +1172,7 @@ impl EvalOp for MaxPool2x2 {
         let [_, _, oh, ow] = self.output;
         // Every element is written below.
         let mut out = unsafe { Tensor::uninitialized::<f32>(&self.output_shape)? };
+        let mut vertical = vec![0f32; 2 * ow];
         for (src, dst) in data
             .chunks_exact(h * w)
             .zip(out_values(&mut out)?.chunks_exact_mut(oh * ow))
@@ -907,12 +1180,12 @@ impl EvalOp for MaxPool2x2 {
             for (oy, row) in dst.chunks_exact_mut(ow).enumerate() {
                 let top = &src[2 * oy * w..][..2 * ow];
                 let bottom = &src[(2 * oy + 1) * w..][..2 * ow];
-                for ((o, t), b) in row
-                    .iter_mut()
-                    .zip(top.chunks_exact(2))
-                    .zip(bottom.chunks_exact(2))
-                {
-                    *o = t[0].max(t[1]).max(b[0].max(b[1]));
+                // Rows first (a plain vector loop), then neighbouring pairs.
+                for ((v, &t), &b) in vertical.iter_mut().zip(top).zip(bottom) {
+                    *v = larger(t, b);
+                }
+                for (o, pair) in row.iter_mut().zip(vertical.chunks_exact(2)) {
+                    *o = larger(pair[0], pair[1]);
                 }
             }
         }
@@ -1164,8 +1437,7 @@ mod tests {
         m.select_output_outlets(&[clipped]).unwrap();
         let input = Tensor::from_shape(&[1, c, h, w], &values(c * h * w, 15)).unwrap();
         let (reference, ours, replaced) = both(m, input);
-        let used =
-            pointwise_available() && h * w >= POINTWISE_MIN_PIXELS && outputs >= TILE_CHANNELS;
+        let used = avx512_available() && h * w >= POINTWISE_MIN_PIXELS && outputs >= TILE_CHANNELS;
         assert_eq!(replaced, usize::from(used), "{c} -> {outputs}, {h}x{w}");
         assert_close(
             &reference,
@@ -1184,6 +1456,80 @@ mod tests {
         // Too small an image, too few outputs: tract's.
         pointwise_case(8, 8, 7, 7);
         pointwise_case(8, 3, 32, 32);
+    }
+
+    fn first_layer_case(c: usize, o: usize, stride: usize, h: usize, w: usize) {
+        let mut m = TypedModel::default();
+        let x = m.add_source("x", f32::fact([1, c, h, w])).unwrap();
+        let kernel = Tensor::from_shape(&[o, c, 3, 3], &values(o * c * 9, 21)).unwrap();
+        let k = m.add_const("k", kernel).unwrap();
+        let b = m
+            .add_const("b", Tensor::from_shape(&[o], &values(o, 22)).unwrap())
+            .unwrap();
+        let mut spec = pool_spec(
+            c,
+            3,
+            stride,
+            PaddingSpec::Explicit(tvec![1, 1], tvec![1, 1]),
+        );
+        spec.output_channels = o;
+        let conv = Conv {
+            pool_spec: spec,
+            kernel_fmt: KernelFormat::OIHW,
+            group: 1,
+            q_params: None,
+        };
+        let y = m.wire_node("conv", conv, &[x, k, b]).unwrap()[0];
+        let clipped = clip(&mut m, y, 4);
+        m.select_output_outlets(&[clipped]).unwrap();
+        let input = Tensor::from_shape(&[1, c, h, w], &values(c * h * w, 23)).unwrap();
+        let (reference, ours, replaced) = both(m, input);
+        let what = format!("{c} -> {o}, stride {stride}, {h}x{w}");
+        assert_eq!(replaced, usize::from(avx512_available()), "{what}");
+        assert_close(&reference, &ours, 1e-5, &what);
+    }
+
+    #[test]
+    fn first_layer_matches_tract() {
+        // YuNet's: RGB -> 16 at stride 2; then overlapping channel and pixel tiles, stride 1, odd sizes.
+        first_layer_case(3, 16, 2, 24, 40);
+        first_layer_case(3, 20, 2, 33, 37);
+        first_layer_case(1, 16, 1, 5, 18);
+        first_layer_case(4, 24, 1, 17, 21);
+    }
+
+    #[test]
+    fn tiled_and_plain_first_layer_agree() {
+        let window = Window {
+            input: [1, 3, 9, 40],
+            output: [1, 18, 5, 20],
+            output_shape: vec![1, 18, 5, 20],
+            stride: 2,
+            pad_top: 1,
+            pad_left: 1,
+        };
+        let image = values(3 * 9 * 40, 24);
+        let mut padded = vec![0f32; 3 * window.padded_len()];
+        for (src, padded) in image
+            .chunks_exact(9 * 40)
+            .zip(padded.chunks_exact_mut(window.padded_len()))
+        {
+            window.pad(src, padded);
+        }
+        let (by_tap, bias) = (values(18 * 27, 25), values(18, 26));
+        let clamp = Clamp {
+            low: -0.5,
+            high: 1.0,
+        };
+        let mut plain = vec![0f32; 18 * 100];
+        first_layer_plain(&window, &padded, &by_tap, &bias, clamp, &mut plain);
+        assert!(plain.contains(&-0.5) && plain.contains(&1.0));
+        #[cfg(target_arch = "x86_64")]
+        if avx512_available() {
+            let mut tiled = vec![f32::NAN; 18 * 100];
+            unsafe { first_layer_tiled(&window, &padded, &by_tap, &bias, clamp, &mut tiled) };
+            assert_close(&plain, &tiled, 1e-5, "tiled vs plain");
+        }
     }
 
     #[test]
