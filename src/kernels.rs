@@ -555,7 +555,16 @@ impl EvalOp for Depthwise3x3 {
             self.interleaved(data, kernel, bias, out_values(&mut out)?);
             return Ok(tvec!(out.into_tvalue()));
         }
-        let mut padded = vec![0f32; window.padded_len()];
+        // Stride 2 copies each plane into this padded buffer; stride 1 reads in place and only
+        // needs a row of zeros for the rows outside the plane.
+        let mut padded = vec![
+            0f32;
+            if window.stride == 1 {
+                w
+            } else {
+                window.padded_len()
+            }
+        ];
         let planes = data
             .chunks_exact(h * w)
             .zip(out_values(&mut out)?.chunks_exact_mut(oh * ow));
@@ -563,6 +572,10 @@ impl EvalOp for Depthwise3x3 {
             let ch = i % c;
             let taps: &[f32; 9] = kernel[ch * 9..ch * 9 + 9].try_into()?;
             let b = if bias.len() == 1 { bias[0] } else { bias[ch] };
+            if window.stride == 1 {
+                self.unpadded(src, dst, taps, b, &padded);
+                continue;
+            }
             window.pad(src, &mut padded);
             for (oy, row) in dst.chunks_exact_mut(ow).enumerate() {
                 nine_taps(row, window.taps(&padded, oy), taps, b, self.clamp);
@@ -579,6 +592,41 @@ fn out_values(t: &mut Tensor) -> TractResult<&mut [f32]> {
 }
 
 impl Depthwise3x3 {
+    /// One planar channel at stride 1, read in place (no padded copy, which cost as much as the
+    /// arithmetic): rows above or below the plane are `zeros`; the columns whose window lies inside
+    /// the plane are one nine-tap pass over the source rows, the few at the edges a plain sum.
+    fn unpadded(&self, src: &[f32], dst: &mut [f32], k: &[f32; 9], bias: f32, zeros: &[f32]) {
+        let [_, _, h, w] = self.window.input;
+        let ow = self.window.output[3];
+        let (top, left) = (self.window.pad_top, self.window.pad_left);
+        // Output x reads source columns x - left .. x - left + 2.
+        let first = left.min(ow);
+        let end = (w + left).saturating_sub(2).clamp(first, ow);
+        for (oy, row) in dst.chunks_exact_mut(ow).enumerate() {
+            let lines: [&[f32]; 3] = std::array::from_fn(|ky| {
+                (oy + ky)
+                    .checked_sub(top)
+                    .filter(|&sy| sy < h)
+                    .map_or(zeros, |sy| &src[sy * w..][..w])
+            });
+            if first < end {
+                let sources: [&[f32]; 9] =
+                    std::array::from_fn(|t| &lines[t / 3][first + t % 3 - left..]);
+                nine_taps(&mut row[first..end], sources, k, bias, self.clamp);
+            }
+            for x in (0..first).chain(end..ow) {
+                let mut acc = bias;
+                for (t, &kt) in k.iter().enumerate() {
+                    let sx = (x + t % 3).checked_sub(left).filter(|&sx| sx < w);
+                    if let Some(sx) = sx {
+                        acc += kt * lines[t / 3][sx];
+                    }
+                }
+                row[x] = self.clamp.apply(acc);
+            }
+        }
+    }
+
     /// Every image of an interleaved (NHWC) input, stride 1. Each image is copied once into a
     /// zero-bordered buffer; then an output row is again a nine-tap sum over contiguous slices, with
     /// per-element weights (the kernel's taps repeated along the row, channel by channel).
@@ -1317,6 +1365,10 @@ mod tests {
         depthwise([1, 1, 1, 1], 1, [1, 1], [1, 1]);
         depthwise([1, 5, 6, 2], 2, [1, 1], [1, 1]);
         depthwise([2, 3, 5, 5], 1, [2, 1], [0, 2]);
+        // Stride 1 reads in place: windows that never lie wholly inside the plane, uneven pads.
+        depthwise([1, 2, 2, 2], 1, [1, 1], [1, 1]);
+        depthwise([1, 1, 4, 1], 1, [2, 2], [2, 2]);
+        depthwise([1, 2, 6, 7], 1, [0, 2], [2, 0]);
     }
 
     #[test]
