@@ -555,16 +555,13 @@ impl EvalOp for Depthwise3x3 {
             self.interleaved(data, kernel, bias, out_values(&mut out)?);
             return Ok(tvec!(out.into_tvalue()));
         }
-        // Stride 2 copies each plane into this padded buffer; stride 1 reads in place and only
-        // needs a row of zeros for the rows outside the plane.
-        let mut padded = vec![
-            0f32;
-            if window.stride == 1 {
-                w
-            } else {
-                window.padded_len()
-            }
-        ];
+        // Stride 2 and small planes are copied into this padded buffer; larger planes at stride 1
+        // are read in place and only need a row of zeros for the rows outside the plane.
+        let whole_planes = window.stride == 1 && ow < WHOLE_PLANE_BELOW;
+        let in_place = window.stride == 1 && !whole_planes;
+        let padded_len = if in_place { w } else { window.padded_len() };
+        let mut padded = vec![0f32; padded_len];
+        let mut flat = vec![0f32; if whole_planes { padded_len } else { 0 }];
         let planes = data
             .chunks_exact(h * w)
             .zip(out_values(&mut out)?.chunks_exact_mut(oh * ow));
@@ -572,8 +569,13 @@ impl EvalOp for Depthwise3x3 {
             let ch = i % c;
             let taps: &[f32; 9] = kernel[ch * 9..ch * 9 + 9].try_into()?;
             let b = if bias.len() == 1 { bias[0] } else { bias[ch] };
-            if window.stride == 1 {
+            if in_place {
                 self.unpadded(src, dst, taps, b, &padded);
+                continue;
+            }
+            if whole_planes {
+                window.pad(src, &mut padded);
+                self.whole_plane(&padded, dst, taps, b, &mut flat);
                 continue;
             }
             window.pad(src, &mut padded);
@@ -591,7 +593,32 @@ fn out_values(t: &mut Tensor) -> TractResult<&mut [f32]> {
     Ok(unsafe { t.as_slice_mut_unchecked::<f32>() })
 }
 
+/// Planes narrower than this (at stride 1) are computed in one pass each (`whole_plane`): their
+/// rows are too short for a vector loop per row.
+const WHOLE_PLANE_BELOW: usize = 32;
+
 impl Depthwise3x3 {
+    /// One small padded plane at stride 1 as a single nine-tap pass: output (y, x) is computed at
+    /// y * pw + x of `flat`, the padded width apart, so each tap is one slice of `padded` (the two
+    /// columns past each row's end are computed and dropped); then the rows are copied out.
+    fn whole_plane(
+        &self,
+        padded: &[f32],
+        dst: &mut [f32],
+        k: &[f32; 9],
+        bias: f32,
+        flat: &mut [f32],
+    ) {
+        let [_, _, oh, ow] = self.window.output;
+        let pw = self.window.padded_size().1;
+        let len = (oh - 1) * pw + ow;
+        let sources: [&[f32]; 9] = std::array::from_fn(|t| &padded[(t / 3) * pw + t % 3..]);
+        nine_taps(&mut flat[..len], sources, k, bias, self.clamp);
+        for (row, computed) in dst.chunks_exact_mut(ow).zip(flat.chunks(pw)) {
+            row.copy_from_slice(&computed[..ow]);
+        }
+    }
+
     /// One planar channel at stride 1, read in place (no padded copy, which cost as much as the
     /// arithmetic): rows above or below the plane are `zeros`; the columns whose window lies inside
     /// the plane are one nine-tap pass over the source rows, the few at the edges a plain sum.
