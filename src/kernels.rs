@@ -1392,10 +1392,14 @@ mod tests {
         depthwise([1, 1, 1, 1], 1, [1, 1], [1, 1]);
         depthwise([1, 5, 6, 2], 2, [1, 1], [1, 1]);
         depthwise([2, 3, 5, 5], 1, [2, 1], [0, 2]);
-        // Stride 1 reads in place: windows that never lie wholly inside the plane, uneven pads.
+        // Stride 1, small planes in one pass: windows never wholly inside the plane, uneven pads.
         depthwise([1, 2, 2, 2], 1, [1, 1], [1, 1]);
         depthwise([1, 1, 4, 1], 1, [2, 2], [2, 2]);
         depthwise([1, 2, 6, 7], 1, [0, 2], [2, 0]);
+        // Stride 1, planes from WHOLE_PLANE_BELOW columns read in place, with edge columns.
+        depthwise([1, 2, 5, 40], 1, [1, 1], [1, 1]);
+        depthwise([2, 1, 3, 33], 1, [0, 2], [2, 0]);
+        depthwise([1, 1, 4, 35], 1, [2, 0], [0, 2]);
     }
 
     #[test]
