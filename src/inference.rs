@@ -52,7 +52,7 @@ pub fn cpu_has_half_precision() -> bool {
     }
 }
 
-/// Whether f32 plans use face-edge's depthwise and max-pool kernels (crate::kernels). On unless
+/// Whether f32 plans use face-edge's convolution and max-pool kernels (crate::kernels). On unless
 /// `FACE_EDGE_KERNELS=tract`, which keeps tract's own: for comparing the two in `face-edge bench`.
 pub fn own_kernels() -> bool {
     std::env::var("FACE_EDGE_KERNELS").map_or(true, |v| v != "tract")

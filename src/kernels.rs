@@ -1,9 +1,13 @@
-//! face-edge's own kernels for the two operators where tract 0.23 spends the most time relative to
-//! onnxruntime on our networks (`face-edge bench --profile`): 3x3 depthwise convolution (every
-//! MobileNet-style block of YuNet, MobileFaceNet and EfficientNetV2) and 2x2 max pooling (YuNet's
-//! backbone). They are tract operators: `install` swaps them into a decluttered f32 graph before tract
-//! optimises it, so everything else stays tract's. The ReLU or clip that follows a depthwise
-//! convolution is folded into it. Pure computation; tested against tract's own ops.
+//! face-edge's own kernels for the operators where tract 0.23 spent the most time relative to
+//! onnxruntime on our networks (`face-edge bench --profile`):
+//! - 3x3 depthwise convolution (every MobileNet-style block of YuNet, MobileFaceNet and
+//!   EfficientNetV2) and 2x2 max pooling (YuNet's backbone), on every CPU;
+//! - with AVX-512 only (where they were measured faster than tract): 1x1 convolution from 28x28
+//!   pixels, and the dense 3x3 convolution of a network's first layer (few input channels).
+//!
+//! The bias addition and the ReLU or clip after a convolution are folded into it. They are tract
+//! operators: `install` swaps them into a decluttered f32 graph before tract optimises it, so
+//! everything else stays tract's. Pure computation; tested against tract's own ops.
 
 use crate::inference::f32_values;
 use tract_onnx::prelude::*;
@@ -15,9 +19,8 @@ use tract_onnx::tract_core::ops::einsum::EinSum;
 use tract_onnx::tract_core::ops::math::{Add, Max, Min};
 use tract_onnx::tract_core::ops::nn::DataFormat;
 
-/// Replaces every eligible depthwise 3x3 convolution (with the ReLU or clip right after it) and 2x2/2
-/// max pool of an f32 graph with concrete shapes; returns how many convolutions and pools were
-/// replaced.
+/// Replaces every eligible convolution (with the ReLU or clip right after it) and 2x2/2 max pool of
+/// an f32 graph with concrete shapes by face-edge's; returns how many were replaced.
 pub fn install(model: &mut TypedModel) -> TractResult<usize> {
     let mut replaced = 0;
     // One pass: applying a patch appends the new node and rewires the old one's successors to it, so
@@ -898,6 +901,7 @@ pub fn avx512_available() -> bool {
 
 /// Where the tiles of an axis of `len` (>= `tile`) start: every `tile` apart, the last one moved
 /// back to end at `len` (recomputing a few values, identically) so that there is no remainder loop.
+#[cfg(target_arch = "x86_64")]
 fn tile_starts(len: usize, tile: usize) -> impl Iterator<Item = usize> {
     let last = len - tile;
     (0..len.div_ceil(tile)).map(move |t| (t * tile).min(last))
