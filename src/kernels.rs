@@ -545,10 +545,7 @@ impl EvalOp for Depthwise3x3 {
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let window = &self.window;
-        ensure!(inputs.len() == 3 && inputs[0].len() == window.input.iter().product::<usize>());
-        let data = f32_values(&inputs[0])?;
-        let kernel = f32_values(&inputs[1])?;
-        let bias = f32_values(&inputs[2])?;
+        let [data, kernel, bias] = data_kernel_bias(&inputs, window.input.iter().product())?;
         let [_, c, h, w] = window.input;
         let [_, _, oh, ow] = window.output;
         ensure!(kernel.len() == c * 9 && (bias.len() == c || bias.len() == 1));
@@ -588,6 +585,16 @@ impl EvalOp for Depthwise3x3 {
         }
         Ok(tvec!(out.into_tvalue()))
     }
+}
+
+/// The three inputs of a convolution op (data of `data_len` values, kernel, bias) as f32 values.
+fn data_kernel_bias(inputs: &[TValue], data_len: usize) -> TractResult<[&[f32]; 3]> {
+    ensure!(inputs.len() == 3 && inputs[0].len() == data_len);
+    Ok([
+        f32_values(&inputs[0])?,
+        f32_values(&inputs[1])?,
+        f32_values(&inputs[2])?,
+    ])
 }
 
 /// The f32 values of a tensor this module just allocated as f32 (so the unchecked view is its type).
@@ -845,10 +852,7 @@ impl EvalOp for Pointwise {
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let (i, o, pixels) = (self.inputs, self.outputs, self.pixels);
-        ensure!(inputs.len() == 3 && inputs[0].len() == i * pixels);
-        let data = f32_values(&inputs[0])?;
-        let weights = f32_values(&inputs[1])?;
-        let bias = f32_values(&inputs[2])?;
+        let [data, weights, bias] = data_kernel_bias(&inputs, i * pixels)?;
         ensure!(weights.len() == o * i && bias.len() == o);
         // Every element is written below.
         let mut out = unsafe { Tensor::uninitialized::<f32>(&self.output_shape)? };
@@ -1077,10 +1081,7 @@ impl EvalOp for FirstLayer3x3 {
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let window = &self.window;
-        ensure!(inputs.len() == 3 && inputs[0].len() == window.input.iter().product::<usize>());
-        let data = f32_values(&inputs[0])?;
-        let kernel = f32_values(&inputs[1])?;
-        let bias = f32_values(&inputs[2])?;
+        let [data, kernel, bias] = data_kernel_bias(&inputs, window.input.iter().product())?;
         let [_, c, h, w] = window.input;
         let [_, o, oh, ow] = window.output;
         ensure!(c <= FIRST_LAYER_MAX_INPUTS && kernel.len() == o * c * 9 && bias.len() == o);
