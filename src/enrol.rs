@@ -33,12 +33,18 @@ pub struct GallerySources {
     pub warnings: Vec<String>,
 }
 
+/// Photos taken by the MQTT `enroll` command live in the state directory, as a gallery directory of
+/// their own.
+pub fn enrolled_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("enrolled")
+}
+
 /// Reads the gallery directory and the `[[person]]` entries (globs expanded, sorted, de-duplicated).
 pub fn collect_sources(config: &Config) -> GallerySources {
     let mut out = GallerySources::default();
     let mut people: BTreeMap<String, PersonSource> = BTreeMap::new();
     // The configured gallery directory, then photos taken by the `enroll` command.
-    let enrolled = config.state_dir.join("enrolled");
+    let enrolled = enrolled_dir(&config.state_dir);
     let dirs = config
         .gallery
         .dir
@@ -205,24 +211,7 @@ pub fn sync(
     let _lock = store::lock(state_dir)?;
     let key = store_key(pipeline, policy);
     let mut report = SyncReport::default();
-    let previous = match store::load(state_dir) {
-        Ok(previous) => previous,
-        Err(StoreError::Corrupt { path, reason }) => {
-            log::warn!(
-                "{}: corrupt store ({reason}); rebuilding it from the enrolment images",
-                path.display()
-            );
-            report.rebuilt = Some(format!("corrupt: {reason}"));
-            None
-        }
-        Err(e) => return Err(e),
-    };
-    if let Some(old) = previous.as_ref().filter(|old| old.key != key) {
-        report.rebuilt = Some(format!(
-            "made with other models or settings (embedder {})",
-            old.key.embedder
-        ));
-    }
+    let previous = load_previous(state_dir, &key, &mut report)?;
     // Reusable outcomes by content hash: only from a store made under the same key.
     let known: HashMap<&str, &StoredImage> = previous
         .iter()
@@ -230,46 +219,13 @@ pub fn sync(
         .flat_map(|old| old.people.iter().flat_map(|p| &p.images))
         .map(|i| (i.content_sha256.as_str(), i))
         .collect();
-
     let total: usize = sources.iter().map(|p| p.images.len()).sum();
     let mut done = 0;
     let mut people = Vec::with_capacity(sources.len());
     for source in sources {
         let mut images = Vec::with_capacity(source.images.len());
         for path in &source.images {
-            let path_text = path.display().to_string();
-            let image = match std::fs::read(path) {
-                Err(e) => StoredImage {
-                    path: path_text,
-                    content_sha256: String::new(),
-                    embedding: None,
-                    rejected: Some(format!("cannot read: {e}")),
-                },
-                Ok(bytes) => {
-                    let content_sha256 = crate::models::sha256_hex(&bytes);
-                    if let Some(hit) = known.get(content_sha256.as_str()) {
-                        report.reused += 1;
-                        StoredImage {
-                            path: path_text,
-                            ..(*hit).clone()
-                        }
-                    } else {
-                        report.computed += 1;
-                        let outcome =
-                            decode_rgb(&bytes).and_then(|img| enrol_image(pipeline, &img, policy));
-                        let (embedding, rejected) = match outcome {
-                            Ok(e) => (Some(e), None),
-                            Err(reason) => (None, Some(reason)),
-                        };
-                        StoredImage {
-                            path: path_text,
-                            content_sha256,
-                            embedding,
-                            rejected,
-                        }
-                    }
-                }
-            };
+            let image = stored_image(path, &known, pipeline, policy, &mut report);
             if let Some(reason) = &image.rejected {
                 report
                     .rejected
@@ -285,20 +241,8 @@ pub fn sync(
             images,
         });
     }
-
     if let Some(old) = &previous {
-        for p in &old.people {
-            match people.iter().find(|n| n.id == p.id) {
-                None => report.removed_people.push(p.id.clone()),
-                Some(n) => {
-                    report.removed_images += p
-                        .images
-                        .iter()
-                        .filter(|i| !n.images.iter().any(|j| j.path == i.path))
-                        .count()
-                }
-            }
-        }
+        count_removed(old, &people, &mut report);
     }
     let data = StoreData {
         version: STORE_VERSION,
@@ -311,6 +255,92 @@ pub fn sync(
         report.written = true;
     }
     Ok((data, report))
+}
+
+/// The store as it is, if any; a corrupt one is dropped (and rebuilt), and one made under another key
+/// is noted as rebuilt.
+fn load_previous(
+    state_dir: &Path,
+    key: &StoreKey,
+    report: &mut SyncReport,
+) -> Result<Option<StoreData>, StoreError> {
+    let previous = match store::load(state_dir) {
+        Ok(previous) => previous,
+        Err(StoreError::Corrupt { path, reason }) => {
+            log::warn!(
+                "{}: corrupt store ({reason}); rebuilding it from the enrolment images",
+                path.display()
+            );
+            report.rebuilt = Some(format!("corrupt: {reason}"));
+            None
+        }
+        Err(e) => return Err(e),
+    };
+    if let Some(old) = previous.as_ref().filter(|old| &old.key != key) {
+        report.rebuilt = Some(format!(
+            "made with other models or settings (embedder {})",
+            old.key.embedder
+        ));
+    }
+    Ok(previous)
+}
+
+/// One enrolment photo: its stored outcome when its content is `known`, else embedded now.
+fn stored_image(
+    path: &Path,
+    known: &HashMap<&str, &StoredImage>,
+    pipeline: &mut FacePipeline,
+    policy: EnrolPolicy,
+    report: &mut SyncReport,
+) -> StoredImage {
+    let path_text = path.display().to_string();
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            return StoredImage {
+                path: path_text,
+                content_sha256: String::new(),
+                embedding: None,
+                rejected: Some(format!("cannot read: {e}")),
+            };
+        }
+    };
+    let content_sha256 = crate::models::sha256_hex(&bytes);
+    if let Some(hit) = known.get(content_sha256.as_str()) {
+        report.reused += 1;
+        return StoredImage {
+            path: path_text,
+            ..(*hit).clone()
+        };
+    }
+    report.computed += 1;
+    let outcome = decode_rgb(&bytes).and_then(|img| enrol_image(pipeline, &img, policy));
+    let (embedding, rejected) = match outcome {
+        Ok(e) => (Some(e), None),
+        Err(reason) => (None, Some(reason)),
+    };
+    StoredImage {
+        path: path_text,
+        content_sha256,
+        embedding,
+        rejected,
+    }
+}
+
+/// People and photos of the previous store that are no longer configured.
+fn count_removed(old: &StoreData, people: &[StoredPerson], report: &mut SyncReport) {
+    for p in &old.people {
+        match people.iter().find(|n| n.id == p.id) {
+            None => report.removed_people.push(p.id.clone()),
+            Some(n) => {
+                report.removed_images += p
+                    .images
+                    .iter()
+                    .filter(|i| !n.images.iter().any(|j| j.path == i.path))
+                    .count()
+            }
+        }
+    }
 }
 
 /// The matcher for a store: every accepted embedding, the threshold from config or calibration.
@@ -334,4 +364,45 @@ pub fn gallery_from_store(data: &StoreData, model_default: f32, config: &Config)
         ThresholdSetting::Auto => None,
     };
     Gallery::new(people, model_default, fixed, config.gallery.margin)
+}
+
+/// The gallery the service matches against, with the display names and what the sync did.
+pub struct LoadedGallery {
+    pub gallery: Gallery,
+    /// Display names by person id.
+    pub names: BTreeMap<String, String>,
+    pub report: SyncReport,
+}
+
+/// Collects the configured people, syncs the store with them (logging what was skipped or rejected)
+/// and builds the gallery: what the service does at start, on reload and after an enrolment.
+pub fn load_gallery(
+    config: &Config,
+    pipeline: &mut FacePipeline,
+) -> Result<LoadedGallery, StoreError> {
+    let sources = collect_sources(config);
+    for w in &sources.warnings {
+        log::warn!("{w}");
+    }
+    let (data, report) = sync(
+        &sources.people,
+        pipeline,
+        config.gallery.enrol_policy,
+        &config.state_dir,
+        |_, _| {},
+    )?;
+    for (person, path, reason) in &report.rejected {
+        log::warn!("{path}: not enrolled for {person}: {reason}");
+    }
+    let gallery = gallery_from_store(&data, pipeline.embedder.spec().output.threshold, config);
+    let names = data
+        .people
+        .iter()
+        .map(|p| (p.id.clone(), p.name.clone()))
+        .collect();
+    Ok(LoadedGallery {
+        gallery,
+        names,
+        report,
+    })
 }

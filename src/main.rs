@@ -1,5 +1,7 @@
 //! face-edge command line: argument parsing and exit codes. Each subcommand lives in `cli/`.
 
+#![forbid(unsafe_code)]
+
 mod cli;
 
 use clap::Parser;
@@ -8,7 +10,7 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
     let service = args.is_service();
-    cli::init_logging(args.log_level.as_deref(), service);
+    cli::init_logging(args.log_level, service);
     match cli::run(args) {
         Ok(code) => code,
         Err(e) => {

@@ -2,7 +2,12 @@
 //! verification on load, and `fetch` (download + verify + atomic install). This is IO; the pure contract
 //! lives in `manifest`.
 
-use crate::manifest::{Manifest, ManifestError, Role};
+use face_edge_core::ModelError;
+use face_edge_core::detect::{DetectSettings, Detector};
+use face_edge_core::embed::Embedder;
+use face_edge_core::inference::{Kernels, Precision, VerifiedWeights};
+use face_edge_core::manifest::{Manifest, ManifestError, Role};
+use face_edge_core::pipeline::FacePipeline;
 use sha1::Digest as _;
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -51,22 +56,15 @@ const BUILTIN: &[(&str, &str)] = &[
     ),
 ];
 
+/// Why a model could not be found, read, verified or fetched, or (`Model`) why its bytes are unusable.
 #[derive(Debug, thiserror::Error)]
-pub enum ModelError {
+pub enum CatalogError {
+    #[error(transparent)]
+    Model(#[from] ModelError),
     #[error(transparent)]
     Manifest(#[from] ManifestError),
     #[error("unknown model {id:?}; known models: {known}")]
     Unknown { id: String, known: String },
-    #[error(
-        "models.precision = \"f16\" (model {id:?}) needs a CPU with half-precision arithmetic (ARMv8.2 FP16, e.g. the Cortex-A76 of a Raspberry Pi 5 or a Jetson Orin); this CPU has none and would emulate it hundreds of times slower: use precision \"f32\""
-    )]
-    NoHalfPrecision { id: String },
-    #[error("model {id:?} is a {actual}, not a {wanted}")]
-    WrongRole {
-        id: String,
-        actual: &'static str,
-        wanted: &'static str,
-    },
     #[error("{}: weights of {id:?} not found ({hint})", path.display())]
     Missing {
         id: String,
@@ -84,14 +82,6 @@ pub enum ModelError {
     Io {
         path: PathBuf,
         source: std::io::Error,
-    },
-    #[error("{}: not a usable ONNX model: {message}", path.display())]
-    Onnx { path: PathBuf, message: String },
-    #[error("{}: the model disagrees with its manifest {id:?}: {message}", path.display())]
-    Contract {
-        path: PathBuf,
-        id: String,
-        message: String,
     },
     #[error("model {id:?} has no download URL in its manifest; copy {weights} into {} yourself", dir.display())]
     NoUrl {
@@ -111,19 +101,11 @@ pub enum ModelError {
     },
 }
 
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ModelError + '_ {
-    move |source| ModelError::Io {
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CatalogError + '_ {
+    move |source| CatalogError::Io {
         path: path.to_path_buf(),
         source,
     }
-}
-
-/// Weights read from disk whose checksum matched the manifest.
-pub struct VerifiedWeights {
-    pub path: PathBuf,
-    pub bytes: Vec<u8>,
-    /// Always computed, also for manifests that only carry a git blob id: the gallery keys its store on it.
-    pub sha256: String,
 }
 
 /// What `models list` reports for one model.
@@ -142,7 +124,7 @@ pub struct Catalog {
 
 impl Catalog {
     /// Built-in manifests, overridden or extended by `*.toml` manifests in the models directory.
-    pub fn load(models_dir: &Path) -> Result<Catalog, ModelError> {
+    pub fn load(models_dir: &Path) -> Result<Catalog, CatalogError> {
         let mut manifests = BTreeMap::new();
         for (id, text) in BUILTIN {
             let m = Manifest::parse(text, &format!("builtin manifest {id}"))?;
@@ -155,7 +137,7 @@ impl Catalog {
                 .collect();
             paths.sort();
             for path in paths {
-                let m = Manifest::from_file(&path)?;
+                let m = manifest_from_file(&path)?;
                 manifests.insert(m.id.clone(), m);
             }
         }
@@ -182,8 +164,8 @@ impl Catalog {
         self.manifests.values()
     }
 
-    pub fn get(&self, id: &str) -> Result<&Manifest, ModelError> {
-        self.manifests.get(id).ok_or_else(|| ModelError::Unknown {
+    pub fn get(&self, id: &str) -> Result<&Manifest, CatalogError> {
+        self.manifests.get(id).ok_or_else(|| CatalogError::Unknown {
             id: id.to_string(),
             known: self
                 .manifests
@@ -194,14 +176,15 @@ impl Catalog {
         })
     }
 
-    pub fn get_role(&self, id: &str, role: Role) -> Result<&Manifest, ModelError> {
+    pub fn get_role(&self, id: &str, role: Role) -> Result<&Manifest, CatalogError> {
         let m = self.get(id)?;
         if m.role != role {
             return Err(ModelError::WrongRole {
                 id: id.to_string(),
                 actual: role_name(m.role),
                 wanted: role_name(role),
-            });
+            }
+            .into());
         }
         Ok(m)
     }
@@ -211,7 +194,7 @@ impl Catalog {
     }
 
     /// Reads the weights and checks them against every checksum the manifest gives.
-    pub fn read_verified(&self, m: &Manifest) -> Result<VerifiedWeights, ModelError> {
+    pub fn read_verified(&self, m: &Manifest) -> Result<VerifiedWeights, CatalogError> {
         let path = self.weights_path(m);
         let bytes = match fs::read(&path) {
             Ok(b) => b,
@@ -228,7 +211,7 @@ impl Catalog {
                 } else {
                     format!("copy {} into {}", m.weights, self.models_dir.display())
                 };
-                return Err(ModelError::Missing {
+                return Err(CatalogError::Missing {
                     id: m.id.clone(),
                     path,
                     hint,
@@ -250,7 +233,7 @@ impl Catalog {
                 sha256: w.sha256,
                 size: w.bytes.len() as u64,
             },
-            Err(ModelError::Missing { .. }) => WeightsStatus::Missing,
+            Err(CatalogError::Missing { .. }) => WeightsStatus::Missing,
             Err(e) => WeightsStatus::Bad(e.to_string()),
         }
     }
@@ -263,16 +246,16 @@ impl Catalog {
         m: &Manifest,
         accept_license: bool,
         mut progress: impl FnMut(u64, Option<u64>),
-    ) -> Result<PathBuf, ModelError> {
+    ) -> Result<PathBuf, CatalogError> {
         if !m.license.redistributable && !accept_license {
-            return Err(ModelError::LicenseNotAccepted { id: m.id.clone() });
+            return Err(CatalogError::LicenseNotAccepted { id: m.id.clone() });
         }
-        let url = m.url.clone().ok_or_else(|| ModelError::NoUrl {
+        let url = m.url.clone().ok_or_else(|| CatalogError::NoUrl {
             id: m.id.clone(),
             weights: m.weights.clone(),
             dir: self.models_dir.clone(),
         })?;
-        let download_err = |message: String| ModelError::Download {
+        let download_err = |message: String| CatalogError::Download {
             id: m.id.clone(),
             url: url.clone(),
             message,
@@ -325,6 +308,74 @@ impl Catalog {
     }
 }
 
+/// Reads and parses a manifest file (an unreadable file is reported as a parse error naming it).
+pub fn manifest_from_file(path: &Path) -> Result<Manifest, ManifestError> {
+    let name = path.display().to_string();
+    let text = fs::read_to_string(path).map_err(|e| ManifestError::Parse {
+        source_name: name.clone(),
+        message: e.to_string(),
+    })?;
+    Manifest::parse(&text, &name)
+}
+
+/// Environment variable that switches face-edge's own kernels off (`FACE_EDGE_KERNELS=tract`), for
+/// comparing them with tract's in `face-edge bench`.
+pub const KERNELS_ENV: &str = "FACE_EDGE_KERNELS";
+
+/// The kernels plans use: face-edge's unless `FACE_EDGE_KERNELS=tract`.
+pub fn kernels_from_env() -> Kernels {
+    match std::env::var(KERNELS_ENV) {
+        Ok(v) if v == "tract" => Kernels::Tract,
+        _ => Kernels::FaceEdge,
+    }
+}
+
+/// Reads, verifies and loads a detector from the catalog.
+pub fn load_detector(
+    catalog: &Catalog,
+    id: &str,
+    settings: &DetectSettings,
+) -> Result<Detector, CatalogError> {
+    let manifest = catalog.get_role(id, Role::Detector)?;
+    let weights = catalog.read_verified(manifest)?;
+    Ok(Detector::new(
+        manifest,
+        &weights,
+        settings,
+        kernels_from_env(),
+    )?)
+}
+
+/// Reads, verifies and loads the embedder `id`, running in `precision`.
+pub fn load_embedder(
+    catalog: &Catalog,
+    id: &str,
+    precision: Precision,
+) -> Result<Embedder, CatalogError> {
+    let manifest = catalog.get_role(id, Role::Embedder)?;
+    let weights = catalog.read_verified(manifest)?;
+    Ok(Embedder::load(
+        manifest,
+        &weights,
+        precision,
+        kernels_from_env(),
+    )?)
+}
+
+/// Detector and embedder together, as the service and `gallery sync` use them.
+pub fn load_pipeline(
+    catalog: &Catalog,
+    detector_id: &str,
+    settings: &DetectSettings,
+    embedder_id: &str,
+    precision: Precision,
+) -> Result<FacePipeline, CatalogError> {
+    Ok(FacePipeline {
+        detector: load_detector(catalog, detector_id, settings)?,
+        embedder: load_embedder(catalog, embedder_id, precision)?,
+    })
+}
+
 pub fn role_name(role: Role) -> &'static str {
     match role {
         Role::Detector => "detector",
@@ -349,12 +400,12 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// Checks every checksum the manifest gives; returns the sha256 of the bytes.
-fn verify_checksums(m: &Manifest, bytes: &[u8], path: &Path) -> Result<String, ModelError> {
+fn verify_checksums(m: &Manifest, bytes: &[u8], path: &Path) -> Result<String, CatalogError> {
     let sha256 = sha256_hex(bytes);
     if let Some(expected) = &m.sha256
         && !expected.eq_ignore_ascii_case(&sha256)
     {
-        return Err(ModelError::Checksum {
+        return Err(CatalogError::Checksum {
             path: path.to_path_buf(),
             what: "sha256",
             expected: expected.clone(),
@@ -364,7 +415,7 @@ fn verify_checksums(m: &Manifest, bytes: &[u8], path: &Path) -> Result<String, M
     if let Some(expected) = &m.git_blob_sha1 {
         let actual = git_blob_sha1_hex(bytes);
         if !expected.eq_ignore_ascii_case(&actual) {
-            return Err(ModelError::Checksum {
+            return Err(CatalogError::Checksum {
                 path: path.to_path_buf(),
                 what: "git blob id",
                 expected: expected.clone(),

@@ -25,51 +25,21 @@ const POLL: Duration = Duration::from_millis(50);
 
 #[derive(Debug, thiserror::Error)]
 pub enum MqttError {
-    #[error("mqtt.url {url:?}: {message}")]
-    Url { url: String, message: String },
     #[error("{}: {message}", path.display())]
     File { path: PathBuf, message: String },
     #[error("TLS set-up: {0}")]
     Tls(String),
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub struct BrokerAddress {
-    pub host: String,
-    pub port: u16,
-    pub tls: bool,
+/// Where the connection thread delivers what it receives: the service's event channel, or a plain
+/// channel of `Incoming` (tests).
+pub trait IncomingHandler: Send + 'static {
+    fn handle(&self, message: Incoming);
 }
 
-impl BrokerAddress {
-    pub fn parse(url: &str) -> Result<BrokerAddress, String> {
-        let (tls, rest) = if let Some(r) = url.strip_prefix("mqtts://") {
-            (true, r)
-        } else if let Some(r) = url.strip_prefix("mqtt://") {
-            (false, r)
-        } else {
-            return Err(format!("{url:?} must start with mqtt:// or mqtts://"));
-        };
-        let rest = rest.trim_end_matches('/');
-        let default_port = if tls { 8883 } else { 1883 };
-        let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
-            let (host, after) = v6
-                .split_once(']')
-                .ok_or_else(|| format!("{url:?}: unclosed '['"))?;
-            (host.to_string(), after.strip_prefix(':'))
-        } else {
-            match rest.rsplit_once(':') {
-                Some((h, p)) => (h.to_string(), Some(p)),
-                None => (rest.to_string(), None),
-            }
-        };
-        if host.is_empty() || host.contains('/') {
-            return Err(format!("{url:?}: no host name"));
-        }
-        let port = match port {
-            Some(p) => p.parse().map_err(|_| format!("{url:?}: bad port {p:?}"))?,
-            None => default_port,
-        };
-        Ok(BrokerAddress { host, port, tls })
+impl IncomingHandler for Sender<Incoming> {
+    fn handle(&self, message: Incoming) {
+        let _ = self.send(message);
     }
 }
 
@@ -196,10 +166,7 @@ fn tls_config(config: &MqttConfig) -> Result<rustls::ClientConfig, MqttError> {
 
 /// Connection options: client id, keep-alive, credentials, TLS and the last will `offline`.
 pub fn options(config: &MqttConfig, topics: &Topics) -> Result<MqttOptions, MqttError> {
-    let address = BrokerAddress::parse(&config.url).map_err(|message| MqttError::Url {
-        url: config.url.clone(),
-        message,
-    })?;
+    let address = &config.url;
     let client_id = config
         .client_id
         .clone()
@@ -247,26 +214,26 @@ impl Publisher {
     pub fn start(
         config: &MqttConfig,
         topics: Topics,
-        incoming: Sender<Incoming>,
+        incoming: impl IncomingHandler,
     ) -> Result<Publisher, MqttError> {
         let options = options(config, &topics)?;
         let (client, connection) = Client::new(options, 64);
         let (tx, rx) = mpsc::channel();
         let status = Arc::new(Mutex::new(LinkStatus::default()));
-        let worker = Worker {
+        let link = Link {
             client,
             connection,
             topics,
             outbox: Outbox::new(config.queue_size),
             retained: BTreeMap::new(),
-            incoming,
+            incoming: Box::new(incoming),
             status: status.clone(),
             backoff: Backoff::new(Duration::from_secs(config.reconnect_max_s.max(1))),
             connected: false,
         };
         let thread = std::thread::Builder::new()
             .name("mqtt".into())
-            .spawn(move || worker.run(rx))
+            .spawn(move || link.run(rx))
             .expect("spawn mqtt thread");
         Ok(Publisher {
             tx,
@@ -320,7 +287,8 @@ impl Backoff {
     }
 }
 
-struct Worker {
+/// The connection thread: rumqttc's event loop, face-edge's own outbox and the reconnect backoff.
+struct Link {
     client: Client,
     connection: Connection,
     topics: Topics,
@@ -328,13 +296,13 @@ struct Worker {
     /// The latest retained message per topic, re-published at every connection (a restarted broker
     /// without persistence has forgotten them).
     retained: BTreeMap<String, Message>,
-    incoming: Sender<Incoming>,
+    incoming: Box<dyn IncomingHandler>,
     status: Arc<Mutex<LinkStatus>>,
     backoff: Backoff,
     connected: bool,
 }
 
-impl Worker {
+impl Link {
     fn run(mut self, rx: Receiver<Command>) {
         loop {
             match self.connection.recv_timeout(POLL) {
@@ -451,7 +419,7 @@ impl Worker {
     fn on_publish(&mut self, topic: &str, payload: &[u8]) {
         if topic == self.topics.ha_status() {
             if payload == b"online" {
-                let _ = self.incoming.send(Incoming::HomeAssistantOnline);
+                self.incoming.handle(Incoming::HomeAssistantOnline);
             }
         } else if let Some(command) = self.topics.request_command(topic) {
             let message = match parse_request(command, payload) {
@@ -461,7 +429,7 @@ impl Worker {
                     error,
                 },
             };
-            let _ = self.incoming.send(message);
+            self.incoming.handle(message);
         }
     }
 
@@ -575,30 +543,6 @@ fn print_message(m: &Message) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn broker_urls() {
-        assert_eq!(
-            BrokerAddress::parse("mqtt://hub").unwrap(),
-            BrokerAddress {
-                host: "hub".into(),
-                port: 1883,
-                tls: false
-            }
-        );
-        assert_eq!(
-            BrokerAddress::parse("mqtts://hub:9999/").unwrap().port,
-            9999
-        );
-        assert_eq!(BrokerAddress::parse("mqtts://hub").unwrap().port, 8883);
-        assert_eq!(
-            BrokerAddress::parse("mqtt://[::1]:1884").unwrap().host,
-            "::1"
-        );
-        assert!(BrokerAddress::parse("http://hub").is_err());
-        assert!(BrokerAddress::parse("mqtt://hub:x").is_err());
-        assert!(BrokerAddress::parse("mqtt://").is_err());
-    }
 
     #[test]
     fn backoff_doubles_to_its_cap_and_resets() {

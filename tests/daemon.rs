@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::broker::{Mosquitto, Received, Subscriber, unsafe_kill};
+use common::broker::{Mosquitto, Received, Subscriber, send_signal};
 use common::scene::{THREE_VISITS, config, events, pair, three_visits_expected, write_frames};
 use common::{TempDir, data, face_edge, patience, slowdown};
 use serde_json::Value;
@@ -123,7 +123,7 @@ fn exec_camera(frames: &std::path::Path, fps: u32) -> String {
         1.0 / fps as f32
     );
     format!(
-        "[[camera]]\nname = \"hall\"\nkind = \"exec\"\ncommand = [\"sh\", \"-c\", {script:?}]\nfps = {fps}\ndetect_fps = {fps}\n"
+        "[[camera]]\nname = \"hall\"\nkind = \"exec\"\ncommand = [\"sh\", \"-c\", {script:?}]\ndetect_fps = {fps}\n"
     )
 }
 
@@ -147,7 +147,7 @@ fn exec_source_and_sigterm() {
     // SIGTERM: offline is published and the process exits 0 within 5 s.
     let pid = child.id();
     let asked = Instant::now();
-    unsafe_kill(pid, "TERM");
+    send_signal(pid, "TERM");
     let out = child.wait_with_output().unwrap();
     let took = asked.elapsed();
     assert!(
@@ -178,7 +178,7 @@ fn sigkill_leaves_the_last_will() {
     sub.wait_for("online", patience(30), |all| {
         all.iter().any(|m| m.text() == "online")
     });
-    unsafe_kill(child.id(), "KILL");
+    send_signal(child.id(), "KILL");
     let stderr = stderr_of(child);
     let all = sub.wait_for("offline from the last will", patience(20), |all| {
         all.last().is_some_and(|m| m.text() == "offline")
@@ -230,7 +230,7 @@ fn sighup_makes_a_newly_added_person_recognisable() {
         people.join("kit_harington/john1.jpeg"),
     )
     .unwrap();
-    unsafe_kill(child.id(), "HUP");
+    send_signal(child.id(), "HUP");
     let all = sub.wait_for("recognized after reload", patience(30), |all| {
         events(all).contains(&pair("recognized", Some("kit_harington")))
     });
@@ -245,7 +245,7 @@ fn sighup_makes_a_newly_added_person_recognisable() {
         all.iter()
             .any(|m| m.topic == "face-edge/e2e/person/kit_harington/state")
     );
-    unsafe_kill(child.id(), "TERM");
+    send_signal(child.id(), "TERM");
     let stderr = stderr_of(child);
     assert!(stderr.contains("reloading"), "{stderr}");
 }
@@ -288,7 +288,7 @@ fn watchdog_is_fed_only_while_frames_flow() {
             ));
         }
     }
-    unsafe_kill(child.id(), "TERM");
+    send_signal(child.id(), "TERM");
     let stderr = stderr_of(child);
     let ready = log
         .iter()
@@ -428,7 +428,7 @@ fn mqtt_requests_enroll_snapshot_and_reload() {
     assert_eq!(reloaded["status"], "ok");
     assert_eq!(reloaded["data"]["forgotten"], serde_json::json!(["obama"]));
     assert_eq!(reloaded["data"]["people"], 1);
-    unsafe_kill(child.id(), "TERM");
+    send_signal(child.id(), "TERM");
     stderr_of(child);
 }
 
@@ -516,7 +516,7 @@ fn sighup_restarts_only_a_changed_camera() {
         Some(&broker.url()),
         "",
     );
-    unsafe_kill(child.id(), "HUP");
+    send_signal(child.id(), "HUP");
     let all = sub.wait_for("kit in the hall", patience(30), |all| {
         events(all).contains(&pair("recognized", Some("kit_harington")))
     });
@@ -530,7 +530,7 @@ fn sighup_restarts_only_a_changed_camera() {
         .position(|e| *e == pair("recognized", Some("kit_harington")))
         .unwrap();
     assert!(obama_left < kit, "{seen:?}");
-    unsafe_kill(child.id(), "TERM");
+    send_signal(child.id(), "TERM");
     let stderr = stderr_of(child);
     assert!(
         stderr.contains("camera hall: configuration changed; restarting it"),
@@ -590,7 +590,7 @@ fn the_broker_password_comes_from_systemd_credentials() {
     while !broker.log().contains("u'edge'") && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
     }
-    unsafe_kill(child.id(), "TERM");
+    send_signal(child.id(), "TERM");
     let stderr = stderr_of(child);
     let log = broker.log();
     assert!(
@@ -599,4 +599,59 @@ fn the_broker_password_comes_from_systemd_credentials() {
     );
     assert!(stderr.contains("MQTT connected"), "{stderr}");
     assert!(!stderr.contains("s3cret"), "the password is never logged");
+}
+
+/// The log level is the first of `--log-level`, RUST_LOG and `[service] log_level` that is set: a run
+/// logs INFO lines only when the source that wins allows them.
+#[test]
+fn log_level_precedence_is_flag_then_rust_log_then_config() {
+    let dir = TempDir::new("log-level");
+    let people = dir.path("people");
+    std::fs::create_dir_all(&people).unwrap();
+    let mut probes: Vec<_> = std::fs::read_dir(data("photos/probes"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "jpg"))
+        .collect();
+    probes.sort();
+    let camera = format!(
+        "[[camera]]\nname = \"hall\"\nkind = \"files\"\npath = \"{}\"\nfps = 10\ndetect_fps = 10\n",
+        probes[0].display()
+    );
+    let cfg = config(
+        &dir,
+        &people,
+        &camera,
+        None,
+        "[service]\nlog_level = \"warn\"\n",
+    );
+    let run = |rust_log: Option<&str>, flag: Option<&str>| {
+        let mut cmd = face_edge();
+        cmd.arg("run");
+        if let Some(level) = flag {
+            cmd.args(["--log-level", level]);
+        }
+        cmd.arg("--config").arg(&cfg);
+        cmd.env_remove("RUST_LOG").env_remove("FACE_EDGE_LOG");
+        if let Some(filter) = rust_log {
+            cmd.env("RUST_LOG", filter);
+        }
+        let out = cmd.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{stderr}");
+        stderr
+    };
+    let config_alone = run(None, None);
+    assert!(!config_alone.contains(" INFO "), "{config_alone}");
+    let rust_log_over_config = run(Some("info"), None);
+    assert!(
+        rust_log_over_config.contains(" INFO ")
+            && rust_log_over_config.contains("models: detector"),
+        "{rust_log_over_config}"
+    );
+    let flag_over_rust_log = run(Some("info"), Some("error"));
+    assert!(
+        !flag_over_rust_log.contains(" INFO ") && !flag_over_rust_log.contains(" WARN "),
+        "{flag_over_rust_log}"
+    );
 }

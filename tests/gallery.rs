@@ -12,7 +12,7 @@ use face_edge::store::{self, StoreData};
 use std::path::{Path, PathBuf};
 
 fn pipeline(embedder: &str) -> FacePipeline {
-    FacePipeline::load(
+    face_edge::models::load_pipeline(
         &catalog(),
         "yunet-2023mar",
         &DetectSettings::default(),

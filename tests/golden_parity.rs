@@ -7,7 +7,8 @@ use common::{catalog, data, read_json, vec_f32};
 use face_edge::detect::{DetectSettings, Detection, main_face};
 use face_edge::embed::cosine;
 use face_edge::image_io::load_rgb;
-use face_edge::pipeline::{load_detector, load_embedder};
+use face_edge::inference::Precision;
+use face_edge::models::{load_detector, load_embedder};
 
 /// Golden embedding keys and our model ids.
 const EMBEDDERS: [(&str, &str); 2] = [
@@ -95,7 +96,7 @@ fn golden_crop_embeddings_match_the_reference() {
     let golden = read_json("golden/embeddings.json");
     let catalog = catalog();
     for (key, id) in EMBEDDERS {
-        let embedder = load_embedder(&catalog, id).unwrap();
+        let embedder = load_embedder(&catalog, id, Precision::F32).unwrap();
         let mut min = 1.0f32;
         for (rel, g) in golden["images"].as_object().unwrap() {
             let crop = image::open(data(&format!(
@@ -126,8 +127,8 @@ fn end_to_end_main_face_embeddings_match_the_reference() {
     let detections = read_json("golden/detections.json");
     let catalog = catalog();
     let mut detector = load_detector(&catalog, "yunet-2023mar", &native()).unwrap();
-    let mobilefacenet = load_embedder(&catalog, "mobilefacenet").unwrap();
-    let standin = load_embedder(&catalog, "japanese-face-v1-standin").unwrap();
+    let mobilefacenet = load_embedder(&catalog, "mobilefacenet", Precision::F32).unwrap();
+    let standin = load_embedder(&catalog, "japanese-face-v1-standin", Precision::F32).unwrap();
     let (mut min_mfn, mut min_standin_ref, mut min_standin_ours) = (1.0f32, 1.0f32, 1.0f32);
     for (rel, g) in embeddings["images"].as_object().unwrap() {
         let img = load_rgb(&data(&format!("photos/{rel}"))).unwrap();

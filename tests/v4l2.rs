@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::broker::{Mosquitto, Subscriber, unsafe_kill};
+use common::broker::{Mosquitto, Subscriber, send_signal};
 use common::scene::{
     Shot, THREE_VISITS, config, events, pair, picture_640x480, three_visits_expected, write_frames,
 };
@@ -38,7 +38,7 @@ fn start(cfg: &Path, frames: &Path, env: &[(&str, &str)]) -> Child {
 }
 
 fn stop(child: Child) -> String {
-    unsafe_kill(child.id(), "TERM");
+    send_signal(child.id(), "TERM");
     let out = child.wait_with_output().unwrap();
     String::from_utf8_lossy(&out.stderr).into_owned()
 }

@@ -70,7 +70,7 @@ fn every_built_in_variant_was_made_and_int8_weights_files_are_reproducible() {
     let shipped = shipped_variants();
     assert!(shipped.len() >= 3, "built-in variants: {}", shipped.len());
     for (m, _, method) in &shipped {
-        let made = Manifest::from_file(&variants.join(format!("{}.toml", m.id)))
+        let made = face_edge::models::manifest_from_file(&variants.join(format!("{}.toml", m.id)))
             .unwrap_or_else(|e| panic!("{}: the tool's manifest: {e}", m.id));
         assert_eq!(made.weights, m.weights, "{}", m.id);
         assert!(variants.join(&m.weights).is_file(), "{} missing", m.weights);

@@ -5,7 +5,7 @@
 
 use super::mjpeg::MjpegSplitter;
 use super::{FrameSource, Payload, SourceError, StopSignal};
-use crate::config::{CameraConfig, PixelFormat};
+use crate::config::{ExecCamera, ExecFormat};
 use std::collections::VecDeque;
 use std::io::Read;
 use std::os::unix::process::CommandExt;
@@ -15,7 +15,7 @@ pub struct ExecSource {
     name: String,
     child: Child,
     stdout: ChildStdout,
-    format: PixelFormat,
+    format: ExecFormat,
     width: u32,
     height: u32,
     splitter: MjpegSplitter,
@@ -25,7 +25,7 @@ pub struct ExecSource {
 impl ExecSource {
     /// Starts the command in a process group of its own, so stopping the camera ends the whole
     /// pipeline it may start (a shell and its children).
-    pub fn spawn(config: &CameraConfig, stop: &StopSignal) -> Result<ExecSource, SourceError> {
+    pub fn spawn(config: &ExecCamera, stop: &StopSignal) -> Result<ExecSource, SourceError> {
         let (program, args) = config
             .command
             .split_first()
@@ -73,13 +73,13 @@ impl ExecSource {
 impl FrameSource for ExecSource {
     fn next_frame(&mut self) -> Result<Payload, SourceError> {
         match self.format {
-            PixelFormat::Rgb24 => {
+            ExecFormat::Rgb24 => {
                 let data = self.read_raw(3)?;
                 let img =
                     image::RgbImage::from_raw(self.width, self.height, data).expect("exact size");
                 Ok(Payload::Rgb(img))
             }
-            PixelFormat::Yuyv => {
+            ExecFormat::Yuyv => {
                 let data = self.read_raw(2)?;
                 Ok(Payload::Yuyv {
                     width: self.width,
@@ -87,7 +87,7 @@ impl FrameSource for ExecSource {
                     data,
                 })
             }
-            PixelFormat::Auto | PixelFormat::Mjpeg => {
+            ExecFormat::Mjpeg => {
                 let mut chunk = vec![0u8; 1 << 16];
                 while self.ready.is_empty() {
                     let n = self
@@ -112,10 +112,9 @@ impl FrameSource for ExecSource {
 
 impl Drop for ExecSource {
     fn drop(&mut self) {
-        // SAFETY: signals the process group created at spawn (its leader is our child).
-        unsafe {
-            libc::kill(-(self.child.id() as i32), libc::SIGTERM);
-        }
+        // The process group created at spawn: its leader is our child.
+        let group = rustix::process::Pid::from_child(&self.child);
+        let _ = rustix::process::kill_process_group(group, rustix::process::Signal::TERM);
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -2,7 +2,7 @@
 //! for replaying recordings and for tests.
 
 use super::{FrameSource, Payload, SourceError};
-use crate::config::CameraConfig;
+use crate::config::FilesCamera;
 use crate::image_io::expand_inputs;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -18,8 +18,8 @@ pub struct FilesSource {
 }
 
 impl FilesSource {
-    pub fn open(config: &CameraConfig) -> Result<FilesSource, SourceError> {
-        let pattern = config.path.clone().unwrap_or_default();
+    pub fn open(config: &FilesCamera) -> Result<FilesSource, SourceError> {
+        let pattern = config.path.clone();
         let paths: Vec<PathBuf> = if pattern.contains(['*', '?', '[']) {
             let mut found: Vec<PathBuf> = glob::glob(&pattern)
                 .map_err(|e| SourceError::Failed(format!("{pattern}: {e}")))?

@@ -8,7 +8,7 @@ pub mod mjpeg;
 pub mod v4l2;
 pub mod yuyv;
 
-use crate::config::{CameraConfig, CameraKind};
+use crate::config::CameraConfig;
 use crate::image_io::decode_rgb;
 use crate::mqtt::Backoff;
 use image::RgbImage;
@@ -74,10 +74,10 @@ pub fn open_source(
     config: &CameraConfig,
     stop: &StopSignal,
 ) -> Result<Box<dyn FrameSource>, SourceError> {
-    match config.kind {
-        CameraKind::V4l2 => Ok(Box::new(v4l2::V4l2Source::open(config)?)),
-        CameraKind::Exec => Ok(Box::new(exec::ExecSource::spawn(config, stop)?)),
-        CameraKind::Files => Ok(Box::new(files::FilesSource::open(config)?)),
+    match config {
+        CameraConfig::V4l2(c) => Ok(Box::new(v4l2::V4l2Source::open(c)?)),
+        CameraConfig::Exec(c) => Ok(Box::new(exec::ExecSource::spawn(c, stop)?)),
+        CameraConfig::Files(c) => Ok(Box::new(files::FilesSource::open(c)?)),
     }
 }
 
@@ -89,6 +89,18 @@ pub enum CameraState {
     /// Waiting to reopen after this error.
     Retrying(String),
     Finished,
+}
+
+impl CameraState {
+    /// The state as `cam/<name>/status` and the stats name it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            CameraState::Opening => "opening",
+            CameraState::Streaming => "streaming",
+            CameraState::Retrying(_) => "retrying",
+            CameraState::Finished => "finished",
+        }
+    }
 }
 
 /// The newest frame and the state of one camera.
@@ -104,15 +116,27 @@ pub struct Slot {
     pub frames: u64,
 }
 
+/// Called whenever a camera's state changes (the service publishes it).
+pub type StateWatcher = Box<dyn Fn() + Send + Sync>;
+
 /// Slots of every camera plus the condition variable that wakes the worker.
-#[derive(Debug)]
 pub struct FrameBoard {
     pub slots: Mutex<Vec<Slot>>,
     pub wake: Condvar,
+    watcher: Option<StateWatcher>,
+}
+
+impl std::fmt::Debug for FrameBoard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FrameBoard")
+            .field("slots", &self.slots)
+            .finish_non_exhaustive()
+    }
 }
 
 impl FrameBoard {
-    pub fn new(cameras: usize) -> Arc<FrameBoard> {
+    /// A board for `cameras` cameras; `watcher` hears of every state change.
+    pub fn new(cameras: usize, watcher: Option<StateWatcher>) -> Arc<FrameBoard> {
         let slots = (0..cameras)
             .map(|_| Slot {
                 latest: None,
@@ -126,6 +150,7 @@ impl FrameBoard {
         Arc::new(FrameBoard {
             slots: Mutex::new(slots),
             wake: Condvar::new(),
+            watcher,
         })
     }
 
@@ -134,6 +159,9 @@ impl FrameBoard {
             s.state = state;
             s.since = Instant::now();
         });
+        if let Some(watcher) = &self.watcher {
+            watcher();
+        }
     }
 
     fn update(&self, index: usize, f: impl FnOnce(&mut Slot)) {
@@ -179,11 +207,9 @@ impl StopSignal {
     fn request(&self) {
         self.requested.store(true, Ordering::SeqCst);
         let group = self.child_group.swap(0, Ordering::SeqCst);
-        if group > 0 {
-            // SAFETY: kill(2) with a negative pid signals the process group the exec source created.
-            unsafe {
-                libc::kill(-group, libc::SIGTERM);
-            }
+        // The process group the exec source created.
+        if let Some(group) = rustix::process::Pid::from_raw(group) {
+            let _ = rustix::process::kill_process_group(group, rustix::process::Signal::TERM);
         }
     }
 }
@@ -201,7 +227,7 @@ impl Capture {
         let stop = Arc::new(StopSignal::default());
         let flag = stop.clone();
         let thread = std::thread::Builder::new()
-            .name(format!("camera-{}", config.name))
+            .name(format!("camera-{}", config.name()))
             .spawn(move || capture_loop(&config, index, &board, &flag))
             .expect("spawn camera thread");
         Capture {
@@ -231,7 +257,7 @@ fn capture_loop(config: &CameraConfig, index: usize, board: &FrameBoard, stop: &
         let error = match open_source(config, stop) {
             Err(e) => e,
             Ok(mut source) => {
-                log::info!("camera {}: streaming", config.name);
+                log::info!("camera {}: streaming", config.name());
                 board.set_state(index, CameraState::Streaming);
                 loop {
                     if stop.is_set() {
@@ -260,14 +286,14 @@ fn capture_loop(config: &CameraConfig, index: usize, board: &FrameBoard, stop: &
             }
         };
         if error == SourceError::Finished {
-            log::info!("camera {}: no more frames", config.name);
+            log::info!("camera {}: no more frames", config.name());
             board.set_state(index, CameraState::Finished);
             return;
         }
         let wait = backoff.next_wait();
         log::warn!(
             "camera {}: {error}; retrying in {} s",
-            config.name,
+            config.name(),
             wait.as_secs()
         );
         board.set_state(index, CameraState::Retrying(error.to_string()));

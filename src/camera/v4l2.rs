@@ -3,7 +3,7 @@
 //! ENODEV (unplugged) and timeouts are reported to the capture thread, which reopens the device.
 
 use super::{FrameSource, Payload, SourceError};
-use crate::config::{CameraConfig, PixelFormat};
+use crate::config::{V4l2Camera, V4l2Format};
 use std::path::PathBuf;
 use std::time::Duration;
 use v4l::buffer::Type;
@@ -74,8 +74,8 @@ fn offered(dev: &Device) -> String {
 }
 
 impl V4l2Source {
-    pub fn open(config: &CameraConfig) -> Result<V4l2Source, SourceError> {
-        let path = device_path(config.device.as_deref().unwrap_or_default());
+    pub fn open(config: &V4l2Camera) -> Result<V4l2Source, SourceError> {
+        let path = device_path(&config.device);
         let dev = Device::with_path(&path).map_err(|e| failed(&path, "open", e))?;
         let formats: Vec<FourCC> = dev
             .enum_formats()
@@ -84,10 +84,9 @@ impl V4l2Source {
             .map(|f| f.fourcc)
             .collect();
         let wanted = match config.format {
-            PixelFormat::Auto => [MJPEG, YUYV].into_iter().find(|f| formats.contains(f)),
-            PixelFormat::Mjpeg => Some(MJPEG).filter(|f| formats.contains(f)),
-            PixelFormat::Yuyv => Some(YUYV).filter(|f| formats.contains(f)),
-            PixelFormat::Rgb24 => None,
+            V4l2Format::Auto => [MJPEG, YUYV].into_iter().find(|f| formats.contains(f)),
+            V4l2Format::Mjpeg => Some(MJPEG).filter(|f| formats.contains(f)),
+            V4l2Format::Yuyv => Some(YUYV).filter(|f| formats.contains(f)),
         };
         let Some(fourcc) = wanted else {
             return Err(SourceError::Failed(format!(

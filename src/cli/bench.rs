@@ -12,13 +12,15 @@ use face_edge::detect::{DetectSettings, Detection, Detector, main_face};
 use face_edge::embed::Embedder;
 use face_edge::gallery::{Gallery, GalleryPerson};
 use face_edge::image_io::{decode_rgb, expand_inputs, load_rgb};
+use face_edge::inference::Precision;
 use face_edge::manifest::Role;
-use face_edge::pipeline::{load_detector, load_embedder};
+use face_edge::models::{Catalog, load_detector, load_embedder};
 use image::RgbImage;
 use serde::Serialize;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
+use tract_onnx::prelude::Tensor;
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -88,194 +90,256 @@ struct DumpedInput {
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
-    let config = Config::default();
-    let catalog = args.models.catalog(&config)?;
-    let photos: Vec<RgbImage> = expand_inputs(&args.photos)
-        .iter()
-        .filter_map(|p| load_rgb(p).ok())
-        .collect();
-    anyhow::ensure!(!photos.is_empty(), "no readable photo among the inputs");
-    let rounds = args.rounds.max(1);
-    let frames_vga: Vec<RgbImage> = photos.iter().map(|p| letterbox(p, 640, 480)).collect();
-    let frames_hd: Vec<RgbImage> = photos.iter().map(|p| letterbox(p, 1280, 720)).collect();
-    let quads: Vec<RgbImage> = photos
-        .chunks(4)
-        .filter(|c| c.len() == 4)
-        .map(|c| four_faces(c, 640, 480))
-        .collect();
-    let mut report = Report {
-        frames: photos.len(),
-        rounds,
-        ..Report::default()
-    };
-    let mut dumps: Vec<DumpedInput> = vec![];
-    let dump_dir = args.dump_tensors.as_deref();
-    if let Some(dir) = dump_dir {
-        std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
-    }
-    eprintln!(
-        "bench: {} photos -> 640x480 and 1280x720 frames, {} four-face frames, {rounds} rounds",
-        photos.len(),
-        quads.len()
-    );
-
-    // Camera frame formats.
-    for (label, frames) in [("640x480", &frames_vga), ("1280x720", &frames_hd)] {
-        let jpegs: Vec<Vec<u8>> = frames.iter().map(jpeg).collect();
-        let raws: Vec<Vec<u8>> = frames.iter().map(yuyv::from_rgb).collect();
-        let (w, h) = frames[0].dimensions();
-        report.stages.push(measure(
-            format!("decode MJPEG {label}"),
-            rounds,
-            &jpegs,
-            |j| {
-                decode_rgb(j).expect("own JPEG decodes");
-            },
-        ));
-        report.stages.push(measure(
-            format!("convert YUYV {label} to RGB"),
-            rounds,
-            &raws,
-            |r| {
-                yuyv::to_rgb(r, w, h).expect("own YUYV converts");
-            },
-        ));
-    }
-
-    // Detection at each size: the whole stage and the network alone.
-    let detector_id = args.models.detector_id(&config).to_string();
-    let detector_weights = catalog.weights_path(catalog.get_role(&detector_id, Role::Detector)?);
-    for &max_side in &args.detect_sizes {
-        for (label, frames) in [("640x480", &frames_vga), ("1280x720", &frames_hd)] {
-            let (w, h) = frames[0].dimensions();
-            if max_side != 0 && max_side >= w.max(h) {
-                continue; // the same as native, measured once
-            }
-            let size = if max_side == 0 {
-                "native".to_string()
-            } else {
-                format!("max side {max_side}")
-            };
-            let settings = DetectSettings {
-                score_threshold: None,
-                max_side,
-            };
-            let started = Instant::now();
-            let mut detector = load_detector(&catalog, &detector_id, &settings)?;
-            detector.detect(&frames[0])?;
-            report.load_ms.push((
-                format!("{detector_id} ({label}, {size})"),
-                ms(started.elapsed()),
-            ));
-            let stage = measure(format!("detect {label} at {size}"), rounds, frames, |f| {
-                detector.detect(f).expect("detection runs");
-            });
-            let (tensor, _) = detector.input_tensor(&frames[0]);
-            let shape = tensor.shape().to_vec();
-            let network = measure(
-                format!(
-                    "detect {label} at {size}: network {}x{}",
-                    shape[3], shape[2]
-                ),
-                rounds * frames.len(),
-                &[()],
-                |_| {
-                    detector.run_network(tensor.clone()).expect("network runs");
-                },
-            );
-            if args.profile {
-                let plan = detector.plan(shape[3], shape[2])?;
-                let shares = profile::by_op(&plan, &tensor, rounds * frames.len())?;
-                report.profiles.push((network.stage.clone(), shares));
-            }
-            if let Some(dir) = dump_dir {
-                let name = format!("{detector_id}_{}x{}.npy", shape[3], shape[2]);
-                npy::write_f32(&dir.join(&name), &tensor)?;
-                dumps.push(DumpedInput {
-                    stage: network.stage.clone(),
-                    model: detector_id.clone(),
-                    weights: detector_weights.clone(),
-                    tensor: name,
-                    tract_median_ms: network.median_ms,
-                    tract_p90_ms: network.p90_ms,
-                    embedding: None,
-                });
-            }
-            report.stages.push(stage);
-            report.stages.push(network);
-        }
-    }
+    let mut bench = Bench::new(args)?;
+    bench.camera_formats();
+    bench.detection_sizes()?;
     // The rest runs at the service's default detection size.
     let mut detector = load_detector(
-        &catalog,
-        &detector_id,
-        &args.models.detect_settings(&config)?,
+        &bench.catalog,
+        bench.args.models.detector_id(&bench.config),
+        &bench.args.models.detect_settings(&bench.config)?,
     )?;
-    let faces: Vec<Vec<Detection>> = frames_vga
+    let faces: Vec<Vec<Detection>> = bench
+        .frames_vga
         .iter()
         .map(|f| detector.detect(f))
         .collect::<Result<_, _>>()?;
+    let mut e2e_embedder = None;
+    for id in bench.embedder_ids() {
+        let embedder = bench.embedder(&id, &faces)?;
+        if e2e_embedder.is_none() || id == bench.config.models.embedder {
+            e2e_embedder = Some(embedder);
+        }
+    }
+    if let Some(embedder) = &e2e_embedder {
+        bench.end_to_end(&mut detector, embedder);
+    }
+    bench.report.peak_rss_mb = peak_rss_mb();
+    bench.write_dumps()?;
+    if bench.args.json {
+        println!("{}", serde_json::to_string_pretty(&bench.report)?);
+    } else {
+        print_table(&bench.report);
+    }
+    Ok(ExitCode::SUCCESS)
+}
 
-    // Alignment, embedding and matching per embedder.
-    let embedder_ids: Vec<String> = if args.embedders.is_empty() {
-        catalog
+/// The frames, the models and what has been measured so far; each step of `run` is a method.
+struct Bench {
+    args: BenchArgs,
+    config: Config,
+    catalog: Catalog,
+    rounds: usize,
+    frames_vga: Vec<RgbImage>,
+    frames_hd: Vec<RgbImage>,
+    /// 640x480 frames showing four faces each.
+    quads: Vec<RgbImage>,
+    report: Report,
+    dumps: Vec<DumpedInput>,
+}
+
+impl Bench {
+    /// Renders the frames from the photos and prepares the dump directory.
+    fn new(args: BenchArgs) -> anyhow::Result<Bench> {
+        let config = Config::default();
+        let catalog = args.models.catalog(&config)?;
+        let photos: Vec<RgbImage> = expand_inputs(&args.photos)
+            .iter()
+            .filter_map(|p| load_rgb(p).ok())
+            .collect();
+        anyhow::ensure!(!photos.is_empty(), "no readable photo among the inputs");
+        let rounds = args.rounds.max(1);
+        let quads: Vec<RgbImage> = photos
+            .chunks(4)
+            .filter(|c| c.len() == 4)
+            .map(|c| four_faces(c, 640, 480))
+            .collect();
+        if let Some(dir) = args.dump_tensors.as_deref() {
+            std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+        }
+        eprintln!(
+            "bench: {} photos -> 640x480 and 1280x720 frames, {} four-face frames, {rounds} rounds",
+            photos.len(),
+            quads.len()
+        );
+        Ok(Bench {
+            report: Report {
+                frames: photos.len(),
+                rounds,
+                ..Report::default()
+            },
+            frames_vga: photos.iter().map(|p| letterbox(p, 640, 480)).collect(),
+            frames_hd: photos.iter().map(|p| letterbox(p, 1280, 720)).collect(),
+            quads,
+            args,
+            config,
+            catalog,
+            rounds,
+            dumps: vec![],
+        })
+    }
+
+    /// Decoding MJPEG and converting YUYV camera frames.
+    fn camera_formats(&mut self) {
+        for (label, frames) in [("640x480", &self.frames_vga), ("1280x720", &self.frames_hd)] {
+            let jpegs: Vec<Vec<u8>> = frames.iter().map(jpeg).collect();
+            let raws: Vec<Vec<u8>> = frames.iter().map(yuyv::from_rgb).collect();
+            let (w, h) = frames[0].dimensions();
+            self.report.stages.push(measure(
+                format!("decode MJPEG {label}"),
+                self.rounds,
+                &jpegs,
+                |j| {
+                    decode_rgb(j).expect("own JPEG decodes");
+                },
+            ));
+            self.report.stages.push(measure(
+                format!("convert YUYV {label} to RGB"),
+                self.rounds,
+                &raws,
+                |r| {
+                    yuyv::to_rgb(r, w, h).expect("own YUYV converts");
+                },
+            ));
+        }
+    }
+
+    /// Detection at each `--detect-sizes` size, for both frame sizes.
+    fn detection_sizes(&mut self) -> anyhow::Result<()> {
+        let sizes = self.args.detect_sizes.clone();
+        for max_side in sizes {
+            for hd in [false, true] {
+                let frames = if hd {
+                    &self.frames_hd
+                } else {
+                    &self.frames_vga
+                };
+                let (w, h) = frames[0].dimensions();
+                if max_side != 0 && max_side >= w.max(h) {
+                    continue; // the same as native, measured once
+                }
+                self.detection(hd, max_side)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Detection of the 640x480 (or, with `hd`, 1280x720) frames at `max_side`: the whole stage and
+    /// the network alone, with the model's load time.
+    fn detection(&mut self, hd: bool, max_side: u32) -> anyhow::Result<()> {
+        let frames = if hd {
+            &self.frames_hd
+        } else {
+            &self.frames_vga
+        };
+        let label = if hd { "1280x720" } else { "640x480" };
+        let size = match max_side {
+            0 => "native".to_string(),
+            n => format!("max side {n}"),
+        };
+        let detector_id = self.args.models.detector_id(&self.config).to_string();
+        let settings = DetectSettings {
+            score_threshold: None,
+            max_side,
+        };
+        let started = Instant::now();
+        let mut detector = load_detector(&self.catalog, &detector_id, &settings)?;
+        detector.detect(&frames[0])?;
+        let load = ms(started.elapsed());
+        let stage = measure(
+            format!("detect {label} at {size}"),
+            self.rounds,
+            frames,
+            |f| {
+                detector.detect(f).expect("detection runs");
+            },
+        );
+        let (tensor, _) = detector.input_tensor(&frames[0]);
+        let shape = tensor.shape().to_vec();
+        let runs = self.rounds * frames.len();
+        let network = measure(
+            format!(
+                "detect {label} at {size}: network {}x{}",
+                shape[3], shape[2]
+            ),
+            runs,
+            &[()],
+            |_| {
+                detector.run_network(tensor.clone()).expect("network runs");
+            },
+        );
+        self.report
+            .load_ms
+            .push((format!("{detector_id} ({label}, {size})"), load));
+        if self.args.profile {
+            let plan = detector.plan(shape[3], shape[2])?;
+            let shares = profile::by_op(&plan, &tensor, runs)?;
+            self.report.profiles.push((network.stage.clone(), shares));
+        }
+        let name = format!("{detector_id}_{}x{}.npy", shape[3], shape[2]);
+        self.dump(&network, &detector_id, &name, &tensor, None)?;
+        self.report.stages.push(stage);
+        self.report.stages.push(network);
+        Ok(())
+    }
+
+    /// `--model`, or every embedder whose weights are present.
+    fn embedder_ids(&self) -> Vec<String> {
+        if !self.args.embedders.is_empty() {
+            return self.args.embedders.clone();
+        }
+        self.catalog
             .manifests()
-            .filter(|m| m.role == Role::Embedder && catalog.weights_path(m).is_file())
+            .filter(|m| m.role == Role::Embedder && self.catalog.weights_path(m).is_file())
             .map(|m| m.id.clone())
             .collect()
-    } else {
-        args.embedders.clone()
-    };
-    let mut e2e_embedder = None;
-    for id in &embedder_ids {
+    }
+
+    /// Alignment, embedding and matching with the embedder `id`, on the main face of each frame.
+    fn embedder(&mut self, id: &str, faces: &[Vec<Detection>]) -> anyhow::Result<Embedder> {
         let started = Instant::now();
-        let embedder = load_embedder(&catalog, id)?;
-        report.load_ms.push((id.clone(), ms(started.elapsed())));
-        let mains: Vec<(&RgbImage, &Detection)> = frames_vga
+        let embedder = load_embedder(&self.catalog, id, Precision::F32)?;
+        self.report
+            .load_ms
+            .push((id.to_string(), ms(started.elapsed())));
+        let mains: Vec<(&RgbImage, &Detection)> = self
+            .frames_vga
             .iter()
-            .zip(&faces)
+            .zip(faces)
             .filter_map(|(f, d)| main_face(d, f.width(), f.height()).map(|i| (f, &d[i])))
             .collect();
         anyhow::ensure!(!mains.is_empty(), "no face found in the frames");
-        let align = measure(format!("align ({id})"), rounds, &mains, |(f, d)| {
+        let align = measure(format!("align ({id})"), self.rounds, &mains, |(f, d)| {
             embedder.align(f, &d.landmarks).expect("aligns");
         });
         let crops: Vec<RgbImage> = mains
             .iter()
             .map(|(f, d)| embedder.align(f, &d.landmarks))
             .collect::<Result<_, _>>()?;
-        let embed = measure(format!("embed ({id})"), rounds, &crops, |c| {
+        let embed = measure(format!("embed ({id})"), self.rounds, &crops, |c| {
             embedder.embed_crop(c).expect("embeds");
         });
         let tensor = embedder.input_tensor(&crops[0])?;
-        let network = measure(
-            format!("embed ({id}): network"),
-            rounds * crops.len(),
-            &[()],
-            |_| {
-                embedder.run_network(tensor.clone()).expect("network runs");
-            },
-        );
-        if args.profile {
-            let shares = profile::by_op(embedder.plan(), &tensor, rounds * crops.len())?;
-            report.profiles.push((network.stage.clone(), shares));
+        let runs = self.rounds * crops.len();
+        let network = measure(format!("embed ({id}): network"), runs, &[()], |_| {
+            embedder.run_network(tensor.clone()).expect("network runs");
+        });
+        if self.args.profile {
+            let shares = profile::by_op(embedder.plan(), &tensor, runs)?;
+            self.report.profiles.push((network.stage.clone(), shares));
         }
-        if let Some(dir) = dump_dir {
-            let name = format!("{id}.npy");
-            npy::write_f32(&dir.join(&name), &tensor)?;
-            dumps.push(DumpedInput {
-                stage: network.stage.clone(),
-                model: id.clone(),
-                weights: catalog.weights_path(catalog.get(id)?),
-                tensor: name,
-                tract_median_ms: network.median_ms,
-                tract_p90_ms: network.p90_ms,
-                embedding: Some(embedder.run_network(tensor.clone())?),
-            });
-        }
-        report.stages.extend([align, embed, network]);
+        let output = (self.args.dump_tensors.is_some())
+            .then(|| embedder.run_network(tensor.clone()))
+            .transpose()?;
+        self.dump(&network, id, &format!("{id}.npy"), &tensor, output)?;
+        self.report.stages.extend([align, embed, network]);
+        self.matching(&embedder, &crops)?;
+        Ok(embedder)
+    }
 
-        let gallery = synthetic_gallery(args.people, embedder.spec().output.dim);
+    /// Matching one and four faces against a synthetic gallery of `--people`.
+    fn matching(&mut self, embedder: &Embedder, crops: &[RgbImage]) -> anyhow::Result<()> {
+        let gallery = synthetic_gallery(self.args.people, embedder.spec().output.dim);
         let probe: Vec<Vec<f32>> = vec![embedder.embed_crop(&crops[0])?];
         let probes4: Vec<Vec<f32>> = crops
             .iter()
@@ -284,67 +348,91 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             .map(|c| embedder.embed_crop(c))
             .collect::<Result<_, _>>()?;
         for (label, faces) in [("1 face", &probe), ("4 faces", &probes4)] {
-            report.stages.push(measure(
-                format!("match {label} against {} people ({id})", args.people),
-                rounds * 20,
+            self.report.stages.push(measure(
+                format!(
+                    "match {label} against {} people ({})",
+                    self.args.people,
+                    embedder.id()
+                ),
+                self.rounds * 20,
                 &[()],
                 |_| {
                     gallery.identify(faces);
                 },
             ));
         }
-        if e2e_embedder.is_none() || id == &config.models.embedder {
-            e2e_embedder = Some(embedder);
-        }
+        Ok(())
     }
 
-    // End to end on 640x480 MJPEG frames: decode, detect at the service's default size, embed every
-    // face, match. Every face every frame: the service itself embeds far less often (tracking).
-    if let Some(embedder) = &e2e_embedder {
-        let gallery = synthetic_gallery(args.people, embedder.spec().output.dim);
-        let one: Vec<Vec<u8>> = frames_vga.iter().map(jpeg).collect();
-        let four: Vec<Vec<u8>> = quads.iter().map(jpeg).collect();
+    /// End to end on 640x480 MJPEG frames: decode, detect at the service's default size, embed every
+    /// face, match. Every face every frame: the service itself embeds far less often (tracking).
+    fn end_to_end(&mut self, detector: &mut Detector, embedder: &Embedder) {
+        let gallery = synthetic_gallery(self.args.people, embedder.spec().output.dim);
+        let one: Vec<Vec<u8>> = self.frames_vga.iter().map(jpeg).collect();
+        let four: Vec<Vec<u8>> = self.quads.iter().map(jpeg).collect();
         for (label, jpegs) in [("1 face", &one), ("4 faces", &four)] {
             if jpegs.is_empty() {
                 continue;
             }
             let per_frame = measure(
                 format!("end to end, {label} ({})", embedder.id()),
-                rounds,
+                self.rounds,
                 jpegs,
                 |j| {
                     let frame = decode_rgb(j).expect("decodes");
-                    recognise(&mut detector, embedder, &gallery, &frame);
+                    recognise(detector, embedder, &gallery, &frame);
                 },
             );
-            report
-                .end_to_end_fps
-                .push((format!("{label}, 1 thread"), 1000.0 / per_frame.median_ms));
-            report.end_to_end_fps.push((
+            let fps = &mut self.report.end_to_end_fps;
+            fps.push((format!("{label}, 1 thread"), 1000.0 / per_frame.median_ms));
+            fps.push((
                 format!("{label}, capture + inference threads"),
-                pipelined_fps(&mut detector, embedder, &gallery, jpegs, rounds),
+                pipelined_fps(detector, embedder, &gallery, jpegs, self.rounds),
             ));
-            report.stages.push(per_frame);
+            self.report.stages.push(per_frame);
         }
     }
-    report.peak_rss_mb = peak_rss_mb();
 
-    if let Some(dir) = dump_dir {
+    /// With `--dump-tensors`: writes a network's input and records it for the index.
+    fn dump(
+        &mut self,
+        network: &Stage,
+        model: &str,
+        name: &str,
+        tensor: &Tensor,
+        embedding: Option<Vec<f32>>,
+    ) -> anyhow::Result<()> {
+        let Some(dir) = self.args.dump_tensors.as_deref() else {
+            return Ok(());
+        };
+        npy::write_f32(&dir.join(name), tensor)?;
+        self.dumps.push(DumpedInput {
+            stage: network.stage.clone(),
+            model: model.to_string(),
+            weights: self.catalog.weights_path(self.catalog.get(model)?),
+            tensor: name.to_string(),
+            tract_median_ms: network.median_ms,
+            tract_p90_ms: network.p90_ms,
+            embedding,
+        });
+        Ok(())
+    }
+
+    /// With `--dump-tensors`: the index bench/ort_reference.py reads.
+    fn write_dumps(&self) -> anyhow::Result<()> {
+        let Some(dir) = self.args.dump_tensors.as_deref() else {
+            return Ok(());
+        };
         let index = dir.join("index.json");
-        std::fs::write(&index, serde_json::to_string_pretty(&dumps)?)
+        std::fs::write(&index, serde_json::to_string_pretty(&self.dumps)?)
             .map_err(|e| anyhow::anyhow!("{}: {e}", index.display()))?;
         eprintln!(
             "bench: wrote {} network inputs and {}",
-            dumps.len(),
+            self.dumps.len(),
             index.display()
         );
+        Ok(())
     }
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print_table(&report);
-    }
-    Ok(ExitCode::SUCCESS)
 }
 
 /// Detect, embed every face, match: what one frame costs when nothing is tracked.

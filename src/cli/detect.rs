@@ -5,7 +5,7 @@ use super::{ModelOptions, batch_exit};
 use clap::Args;
 use face_edge::config::Config;
 use face_edge::image_io::{expand_inputs, load_rgb};
-use face_edge::pipeline::load_detector;
+use face_edge::models::load_detector;
 use std::path::PathBuf;
 use std::process::ExitCode;
 

@@ -7,7 +7,8 @@ use face_edge::config::Config;
 use face_edge::detect::Detection;
 use face_edge::embed::Embedder;
 use face_edge::image_io::{expand_inputs, load_rgb};
-use face_edge::pipeline::{EmbeddedFace, FaceSelection, load_embedder_in};
+use face_edge::models::load_embedder;
+use face_edge::pipeline::{EmbeddedFace, FaceSelection};
 use image::RgbImage;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -72,7 +73,7 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<ExitCode> {
 fn run_aligned(args: &EmbedArgs) -> anyhow::Result<ExitCode> {
     let config = Config::default();
     let catalog = args.models.catalog(&config)?;
-    let embedder = load_embedder_in(
+    let embedder = load_embedder(
         &catalog,
         args.embedder.id(&config),
         args.embedder.precision(&config),

@@ -34,9 +34,10 @@ pub const EXIT_CONFIG: u8 = 78;
     about = "Face recognition for edge boards: detect, embed, compare, run"
 )]
 pub struct Cli {
-    /// Log level (error, warn, info, debug, trace); overrides RUST_LOG.
+    /// Log level (off, error, warn, info, debug, trace); overrides RUST_LOG and the config's
+    /// service.log_level.
     #[arg(long, global = true, env = "FACE_EDGE_LOG")]
-    pub log_level: Option<String>,
+    pub log_level: Option<log::LevelFilter>,
     #[command(subcommand)]
     command: Command,
 }
@@ -115,7 +116,7 @@ impl ModelOptions {
         embedder: &EmbedderOption,
     ) -> anyhow::Result<(Catalog, FacePipeline)> {
         let catalog = self.catalog(config)?;
-        let pipeline = FacePipeline::load(
+        let pipeline = face_edge::models::load_pipeline(
             &catalog,
             self.detector_id(config),
             &self.detect_settings(config)?,
@@ -149,8 +150,10 @@ impl EmbedderOption {
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    // The config's service.log_level applies only when neither --log-level nor RUST_LOG chose one.
+    let log_level_fixed = cli.log_level.is_some() || std::env::var_os("RUST_LOG").is_some();
     match cli.command {
-        Command::Run(a) => run::run(a),
+        Command::Run(a) => run::run(a, log_level_fixed),
         Command::Detect(a) => detect::run(a),
         Command::Embed(a) => embed::run(a),
         Command::Compare(a) => compare::run(a),
@@ -163,26 +166,41 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 /// Logging: to the journal when systemd connected stderr to it (JOURNAL_STREAM), else to stderr.
-/// `--log-level` wins over RUST_LOG; the default is "info" for `run` and "warn" for the other commands.
-pub fn init_logging(level: Option<&str>, service: bool) {
-    let default = if service { "info" } else { "warn" };
+/// `--log-level` wins over RUST_LOG, which wins over the config's `service.log_level` (applied later by
+/// the service through `log::set_max_level`); the default is "info" for `run` and "warn" otherwise.
+pub fn init_logging(level: Option<log::LevelFilter>, service: bool) {
+    let default = if service {
+        log::LevelFilter::Info
+    } else {
+        log::LevelFilter::Warn
+    };
+    let rust_log = std::env::var("RUST_LOG").ok();
     if systemd_journal_logger::connected_to_journal()
         && let Ok(journal) = systemd_journal_logger::JournalLog::new()
         && journal.install().is_ok()
     {
-        let filter = level
-            .map(str::to_string)
-            .or_else(|| std::env::var("RUST_LOG").ok())
-            .unwrap_or(default.into());
-        log::set_max_level(filter.parse().unwrap_or(log::LevelFilter::Info));
+        let from_env = rust_log.and_then(|v| v.parse().ok());
+        log::set_max_level(level.or(from_env).unwrap_or(default));
         return;
     }
-    let mut builder =
-        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default));
-    if let Some(level) = level {
-        builder.parse_filters(level);
+    let mut builder = env_logger::Builder::new();
+    match (level, rust_log) {
+        (Some(level), _) => {
+            builder.filter_level(level);
+        }
+        (None, Some(filters)) => {
+            builder.parse_filters(&filters);
+        }
+        // Nothing chosen yet: let every record through the logger and gate with the global maximum,
+        // which the config's level may still raise or lower.
+        (None, None) => {
+            builder.filter_level(log::LevelFilter::Trace);
+        }
     }
     builder.format_timestamp_millis().init();
+    if level.is_none() && std::env::var_os("RUST_LOG").is_none() {
+        log::set_max_level(default);
+    }
 }
 
 impl Cli {

@@ -38,7 +38,7 @@ pub struct RunArgs {
     hold: f32,
 }
 
-pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+pub fn run(args: RunArgs, log_level_fixed: bool) -> anyhow::Result<ExitCode> {
     let path = match (&args.config, &args.files) {
         (Some(p), _) => Some(p.clone()),
         (None, Some(_)) => None,
@@ -52,6 +52,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         files: args.files,
         files_fps: Some(args.fps),
         files_hold: Some(args.hold),
+        log_level_fixed,
     };
     match run_service(ConfigSource { path, overrides }) {
         Ok(Ending::Stopped) | Ok(Ending::SourcesFinished) => Ok(ExitCode::SUCCESS),

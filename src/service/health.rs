@@ -1,8 +1,7 @@
 //! systemd integration: READY=1, STATUS=, STOPPING=1 and the watchdog, fed only while the pipeline really
 //! makes progress. Every call is a no-op when not started by systemd (no NOTIFY_SOCKET).
 
-use super::worker::{WorkerStats, cameras_healthy};
-use crate::camera::FrameBoard;
+use super::worker::WorkerStats;
 use sd_notify::NotifyState;
 use std::time::{Duration, Instant};
 
@@ -45,13 +44,18 @@ impl Health {
         }
     }
 
+    /// How long a streaming camera may go without a frame before it counts as stalled.
+    pub fn stall(&self) -> Duration {
+        self.stall
+    }
+
     /// Pings the watchdog at half its period while the worker is alive and no streaming camera has
-    /// stalled; updates STATUS= every few seconds.
-    pub fn tick(&mut self, stats: &WorkerStats, board: &FrameBoard, status: &str) {
+    /// stalled (`cameras_healthy`); updates STATUS= every few seconds.
+    pub fn tick(&mut self, stats: &WorkerStats, cameras_healthy: bool, status: &str) {
         let worker_alive = stats
             .heartbeat
             .is_some_and(|t| t.elapsed() < WORKER_SILENCE);
-        let healthy = worker_alive && cameras_healthy(board, self.stall);
+        let healthy = worker_alive && cameras_healthy;
         if healthy != self.was_healthy {
             if healthy {
                 log::info!("pipeline healthy again");

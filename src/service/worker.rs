@@ -1,44 +1,45 @@
-//! The inference worker: takes the newest frame of each camera at its detection rate, detects, tracks,
-//! embeds only the faces that need it, matches them against the gallery and turns track changes into
-//! messages. It owns the models, the trackers, presence and the gallery, so no lock is held while a frame
-//! is processed.
+//! The inference thread: takes the newest frame of each camera at its detection rate, decodes it, runs
+//! it through that camera's `Recognizer` (the core's policy) and carries out the effects it returns:
+//! messages to the sink, enrolment photos to the state directory, gallery syncs. It owns the models, the
+//! recognizers and the gallery, so no lock is held while a frame is processed.
 
-use crate::camera::{CameraState, FrameBoard};
-use crate::config::{Config, TrackingConfig};
-use crate::detect::Detection;
-use crate::enrol::{collect_sources, gallery_from_store, sync};
-use crate::events::{
-    DiscoveryInput, EventBuilder, EventType, FaceEvent, Message, Presence, Topics, discovery,
-};
-use crate::gallery::Gallery;
-use crate::motion::{StillnessGate, Thumbnail};
+use super::{Answer, Event, Reply};
+use crate::camera::{CameraState, Frame, FrameBoard};
+use crate::config::Config;
+use crate::enrol::{enrolled_dir, load_gallery};
+use crate::events::{DiscoveryInput, FaceEvent, Message, Topics, discovery};
 use crate::mqtt::Sink;
-use crate::pipeline::FacePipeline;
-use crate::track::{Tracker, face_quality, sharpness};
-use serde_json::{Value, json};
+use face_edge_core::command::CommandError;
+use face_edge_core::detect::{DetectError, Detection};
+use face_edge_core::gallery::Gallery;
+use face_edge_core::pipeline::FacePipeline;
+use face_edge_core::recognizer::{Effect, FaceModels, Recognizer, RecognizerOptions};
+use face_edge_core::report::Reporter;
+use image::RgbImage;
+use serde_json::json;
 use std::collections::BTreeMap;
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-/// Requests from the service's main loop.
+/// What the service loop asks of the inference thread.
 pub enum Control {
     /// Re-read the gallery from this configuration (after a reload or a `reload_gallery` request).
-    Resync(Box<Config>, Sender<Result<Value, String>>),
+    Resync(Box<Config>, Reply),
     /// Republish discovery and every person's state (Home Assistant restarted).
     Republish,
     /// Save the next `frames` frames of `camera` that show exactly one usable face as enrolment photos of
     /// `person`, then resync.
-    Enroll {
+    Enrol {
         person: String,
         camera: String,
         frames: usize,
-        reply: Sender<Result<Value, String>>,
+        reply: Reply,
     },
     /// Publish the newest face crop of a camera as its snapshot.
     Snapshot {
         camera: String,
-        reply: Sender<Result<Value, String>>,
+        reply: Reply,
     },
     /// New models (a Resync follows to re-embed the gallery with them).
     SetPipeline(Box<FacePipeline>),
@@ -63,39 +64,48 @@ pub struct WorkerStats {
     pub embeddings: u64,
 }
 
-pub struct CameraRuntime {
-    pub name: String,
-    pub interval: Duration,
-    pub next_due: Instant,
-    pub tracker: Tracker,
-    pub last_crop: Option<image::RgbImage>,
-    pub stillness: StillnessGate,
-    /// The faces of the last analysed frame: a still frame shows them where they were.
-    pub last_faces: Vec<Detection>,
+/// One camera as the inference thread sees it: its recognizer and when its next frame is due.
+struct CameraRuntime {
+    recognizer: Recognizer,
+    interval: Duration,
+    next_due: Instant,
 }
 
-struct PendingEnroll {
-    person: String,
+/// The enrolment in progress: the photos saved so far and who is waiting for the answer.
+struct PendingEnrolment {
     camera: String,
-    remaining: usize,
     saved: Vec<String>,
-    reply: Sender<Result<Value, String>>,
+    reply: Reply,
 }
 
-pub struct Worker {
+/// Everything the inference thread needs at start.
+pub struct WorkerSetup {
     pub config: Config,
     pub pipeline: FacePipeline,
     pub gallery: Gallery,
-    pub names: BTreeMap<String, String>,
-    pub cameras: Vec<CameraRuntime>,
     pub board: Arc<FrameBoard>,
     pub sink: Arc<Sink>,
     pub topics: Topics,
-    pub builder: EventBuilder,
-    pub presence: Presence,
-    pub discovered: BTreeMap<String, &'static str>,
     pub stats: Arc<Mutex<WorkerStats>>,
-    enroll: Option<PendingEnroll>,
+    /// The service loop's channel: answers and "every camera is done" go there.
+    pub events: Sender<Event>,
+}
+
+pub struct Worker {
+    config: Config,
+    pipeline: FacePipeline,
+    gallery: Gallery,
+    cameras: Vec<CameraRuntime>,
+    board: Arc<FrameBoard>,
+    sink: Arc<Sink>,
+    topics: Topics,
+    reporter: Reporter,
+    discovered: BTreeMap<String, &'static str>,
+    stats: Arc<Mutex<WorkerStats>>,
+    enrolment: Option<PendingEnrolment>,
+    events: Sender<Event>,
+    /// "Every camera is done" was reported (once).
+    drained: bool,
 }
 
 /// Exponential moving average, for per-stage milliseconds.
@@ -107,49 +117,96 @@ fn ema(old: f64, new: f64) -> f64 {
     }
 }
 
+fn recognizer_options(config: &Config) -> RecognizerOptions {
+    RecognizerOptions {
+        snapshots: config.mqtt.as_ref().is_some_and(|m| m.snapshots),
+    }
+}
+
+fn camera_runtime(c: &crate::config::CameraConfig, config: &Config) -> CameraRuntime {
+    CameraRuntime {
+        recognizer: Recognizer::new(
+            c.name(),
+            config.tracking.clone(),
+            recognizer_options(config),
+        ),
+        interval: Duration::from_secs_f32(1.0 / c.detect_fps()),
+        next_due: Instant::now(),
+    }
+}
+
+/// The pipeline with the time spent in detection and embedding counted, for the stats.
+struct Timed<'a> {
+    pipeline: &'a mut FacePipeline,
+    detect: Duration,
+    embed: Duration,
+}
+
+impl FaceModels for Timed<'_> {
+    fn detect(&mut self, frame: &RgbImage) -> Result<Vec<Detection>, DetectError> {
+        let started = Instant::now();
+        let faces = self.pipeline.detect(frame);
+        self.detect += started.elapsed();
+        faces
+    }
+
+    fn align(&mut self, frame: &RgbImage, face: &Detection) -> Option<RgbImage> {
+        let started = Instant::now();
+        let crop = self.pipeline.align(frame, face);
+        self.embed += started.elapsed();
+        crop
+    }
+
+    fn embed(&mut self, crop: &RgbImage) -> Option<Vec<f32>> {
+        let started = Instant::now();
+        let embedding = self.pipeline.embed(crop);
+        self.embed += started.elapsed();
+        embedding
+    }
+}
+
 impl Worker {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        config: Config,
-        pipeline: FacePipeline,
-        gallery: Gallery,
-        names: BTreeMap<String, String>,
-        board: Arc<FrameBoard>,
-        sink: Arc<Sink>,
-        topics: Topics,
-        stats: Arc<Mutex<WorkerStats>>,
-    ) -> Worker {
-        let absence = Duration::from_secs(config.mqtt.as_ref().map_or(120, |m| m.absence_s));
-        let builder = EventBuilder::new(topics.clone(), pipeline.embedder.id(), SystemTime::now());
-        let config_state_dir = config.state_dir.clone();
+    pub fn new(setup: WorkerSetup) -> Worker {
+        let config = setup.config;
+        let reporter = Reporter::new(
+            setup.topics.clone(),
+            setup.pipeline.embedder.id(),
+            SystemTime::now(),
+            Duration::from_secs(config.absence_s()),
+        );
         let cameras = config
             .camera
             .iter()
-            .map(|c| camera_runtime(c, &config.tracking))
+            .map(|c| camera_runtime(c, &config))
             .collect();
         Worker {
-            presence: Presence::new(topics.clone(), absence),
+            discovered: load_discovered(&config.state_dir),
             config,
-            pipeline,
-            gallery,
-            names,
+            pipeline: setup.pipeline,
+            gallery: setup.gallery,
             cameras,
-            board,
-            sink,
-            topics,
-            builder,
-            discovered: load_discovered(&config_state_dir),
-            stats,
-            enroll: None,
+            board: setup.board,
+            sink: setup.sink,
+            topics: setup.topics,
+            reporter,
+            stats: setup.stats,
+            enrolment: None,
+            events: setup.events,
+            drained: false,
         }
     }
 
-    /// Announces the device: discovery (when enabled) and every enrolled person's state.
-    pub fn announce(&mut self) {
-        let ids: Vec<String> = self.names.keys().cloned().collect();
-        for m in self.presence.set_people(&ids) {
+    fn send(&self, messages: impl IntoIterator<Item = Message>) {
+        for m in messages {
             self.sink.send(m);
         }
+    }
+
+    /// Announces the device with these enrolled people (id -> name): every person's state (an empty
+    /// retained state for people who left) and discovery when enabled.
+    pub fn announce(&mut self, names: BTreeMap<String, String>) {
+        let messages = self.reporter.set_people(names);
+        self.send(messages);
         self.publish_discovery();
     }
 
@@ -159,11 +216,17 @@ impl Worker {
         };
         let input = DiscoveryInput {
             people: self
-                .names
+                .reporter
+                .names()
                 .iter()
                 .map(|(id, name)| (id.clone(), name.clone()))
                 .collect(),
-            cameras: self.config.camera.iter().map(|c| c.name.clone()).collect(),
+            cameras: self
+                .config
+                .camera
+                .iter()
+                .map(|c| c.name().to_string())
+                .collect(),
             snapshots: mqtt.snapshots,
             off_delay_s: mqtt.absence_s + mqtt.absence_s / 2,
         };
@@ -175,44 +238,13 @@ impl Worker {
         self.sink.send(message);
     }
 
-    pub fn run(mut self, control: Receiver<Control>) -> Self {
+    pub fn run(mut self, control: Receiver<Control>) {
         loop {
             while let Ok(c) = control.try_recv() {
-                match c {
-                    Control::Stop => return self.stop(),
-                    Control::Republish => {
-                        self.publish_discovery();
-                        for m in self.presence.all() {
-                            self.sink.send(m);
-                        }
-                    }
-                    Control::Resync(config, reply) => {
-                        let result = self.resync(*config);
-                        let _ = reply.send(result);
-                    }
-                    Control::Enroll {
-                        person,
-                        camera,
-                        frames,
-                        reply,
-                    } => self.start_enroll(person, camera, frames, reply),
-                    Control::Snapshot { camera, reply } => {
-                        let _ = reply.send(self.snapshot(&camera));
-                    }
-                    Control::SetPipeline(p) => {
-                        log::info!(
-                            "models: detector {}, embedder {}",
-                            p.detector.id(),
-                            p.embedder.id()
-                        );
-                        self.pipeline = *p;
-                        self.builder.set_model(self.pipeline.embedder.id());
-                    }
-                    Control::SetCameras(config, board) => {
-                        self.board = board;
-                        self.set_cameras(&config);
-                    }
+                if let Control::Stop = c {
+                    return self.stop();
                 }
+                self.on_control(c);
             }
             self.wait_for_frames();
             let now = Instant::now();
@@ -221,17 +253,75 @@ impl Worker {
                     continue;
                 }
                 if let Some(frame) = self.board.take(i) {
-                    self.cameras[i].next_due =
-                        now.max(self.cameras[i].next_due) + self.cameras[i].interval;
+                    let camera = &mut self.cameras[i];
+                    camera.next_due = now.max(camera.next_due) + camera.interval;
                     self.process(i, frame);
                 }
             }
-            for m in self.presence.tick(SystemTime::now()) {
-                self.sink.send(m);
-            }
+            let messages = self.reporter.tick(SystemTime::now());
+            self.send(messages);
             let mut s = self.stats.lock().expect("stats");
             s.heartbeat = Some(Instant::now());
-            s.faces_in_view = self.cameras.iter().map(|c| c.tracker.active_tracks()).sum();
+            s.faces_in_view = self
+                .cameras
+                .iter()
+                .map(|c| c.recognizer.faces_in_view())
+                .sum();
+            drop(s);
+            self.report_drained();
+        }
+    }
+
+    fn on_control(&mut self, control: Control) {
+        match control {
+            Control::Stop => {}
+            Control::Republish => {
+                self.publish_discovery();
+                let messages = self.reporter.all_states();
+                self.send(messages);
+            }
+            Control::Resync(config, reply) => {
+                let result = self.resync(*config);
+                reply.send(result);
+            }
+            Control::Enrol {
+                person,
+                camera,
+                frames,
+                reply,
+            } => self.start_enrolment(person, camera, frames, reply),
+            Control::Snapshot { camera, reply } => reply.send(self.snapshot(&camera)),
+            Control::SetPipeline(p) => {
+                log::info!(
+                    "models: detector {}, embedder {}",
+                    p.detector.id(),
+                    p.embedder.id()
+                );
+                self.pipeline = *p;
+                self.reporter.set_model(self.pipeline.embedder.id());
+            }
+            Control::SetCameras(config, board) => {
+                self.board = board;
+                self.drained = false;
+                self.set_cameras(&config);
+            }
+        }
+    }
+
+    /// Once every camera has finished and its last frame was processed, tells the service loop (once).
+    fn report_drained(&mut self) {
+        if self.drained {
+            return;
+        }
+        let slots = self.board.slots.lock().expect("frame board");
+        let done = !slots.is_empty()
+            && slots
+                .iter()
+                .all(|s| s.state == CameraState::Finished && s.latest.is_none());
+        drop(slots);
+        if done {
+            self.drained = true;
+            let _ = self.events.send(Event::CamerasDone);
         }
     }
 
@@ -258,138 +348,71 @@ impl Worker {
             .wait_timeout(slots, Duration::from_millis(100));
     }
 
-    fn process(&mut self, index: usize, frame: crate::camera::Frame) {
+    /// Decodes a frame, runs it through its camera's recognizer and carries out the effects.
+    fn process(&mut self, index: usize, frame: Frame) {
         let rgb = match frame.payload.decode() {
             Ok(img) => img,
+            Err(e) => return self.decode_failed(index, &e),
+        };
+        let mut models = Timed {
+            pipeline: &mut self.pipeline,
+            detect: Duration::ZERO,
+            embed: Duration::ZERO,
+        };
+        let camera = &mut self.cameras[index].recognizer;
+        let step = match camera.step(&rgb, frame.at, Instant::now(), &mut models, &self.gallery) {
+            Ok(step) => step,
             Err(e) => {
-                let mut s = self.stats.lock().expect("stats");
-                s.decode_errors += 1;
-                if s.decode_errors.is_power_of_two() {
-                    log::warn!(
-                        "camera {}: undecodable frame ({e}); {} so far",
-                        self.cameras[index].name,
-                        s.decode_errors
-                    );
-                }
+                log::error!("camera {}: detection failed: {e}", camera.camera());
                 return;
             }
         };
-        let at = frame.at;
-        let thumbnail = Thumbnail::of(&rgb);
-        let enrolling = self
-            .enroll
-            .as_ref()
-            .is_some_and(|e| e.camera == self.cameras[index].name);
-        let camera = &mut self.cameras[index];
-        if !enrolling
-            && camera.tracker.all_decided()
-            && camera.stillness.is_still(&thumbnail, Instant::now())
-        {
-            // Same scene, nobody undecided: the faces are where they were; only keep them alive.
-            let (_, left) = camera.tracker.update(&camera.last_faces, at);
-            for e in left {
-                self.emit(&e);
-            }
-            self.still_seen(index, at);
-            let mut s = self.stats.lock().expect("stats");
-            s.frames += 1;
+        let (detect, embed) = (models.detect, models.embed);
+        for effect in step.effects {
+            self.carry_out(index, effect);
+        }
+        let mut s = self.stats.lock().expect("stats");
+        s.frames += 1;
+        if !step.analysed {
             s.still_frames += 1;
             return;
         }
-        let started = Instant::now();
-        let faces = match self.pipeline.detector.detect(&rgb) {
-            Ok(f) => f,
-            Err(e) => {
-                log::error!("camera {}: detection failed: {e}", self.cameras[index].name);
-                return;
-            }
-        };
-        let detect_ms = started.elapsed().as_secs_f64() * 1e3;
-        self.cameras[index]
-            .stillness
-            .analysed(thumbnail, Instant::now());
-        self.cameras[index].last_faces = faces.clone();
-        let (assignments, left) = self.cameras[index].tracker.update(&faces, at);
-        for e in left {
-            self.emit(&e);
+        s.embeddings += step.embedded as u64;
+        s.detect_ms = ema(s.detect_ms, detect.as_secs_f64() * 1e3);
+        if step.embedded > 0 {
+            s.embed_ms = ema(s.embed_ms, embed.as_secs_f64() * 1e3 / step.embedded as f64);
         }
-        // Embed the faces that need it and pass the gallery's joint decision back to the tracker.
-        let embed_started = Instant::now();
-        let mut embedded = vec![];
-        for a in assignments.iter().filter(|a| a.embed) {
-            let face = &faces[a.detection];
-            let ok = face_quality(face, &self.config.tracking)
-                .ok()
-                .and_then(|_| self.pipeline.embedder.align(&rgb, &face.landmarks).ok())
-                .filter(|crop| sharpness(crop) >= self.config.tracking.min_sharpness)
-                .and_then(|crop| {
-                    self.pipeline
-                        .embedder
-                        .embed_crop(&crop)
-                        .ok()
-                        .map(|e| (crop, e))
-                });
-            match ok {
-                Some((crop, embedding)) => {
-                    embedded.push((a.track_id, face.width().max(face.height()), crop, embedding))
-                }
-                None => self.cameras[index].tracker.skipped(a.track_id),
-            }
-        }
-        let embeddings: Vec<Vec<f32>> = embedded.iter().map(|e| e.3.clone()).collect();
-        let decisions = self.gallery.identify(&embeddings);
-        for ((track_id, size, crop, _), decision) in embedded.into_iter().zip(decisions) {
-            let events = self.cameras[index]
-                .tracker
-                .observe(track_id, size, decision, at);
-            let decided = events.iter().any(|e| e.kind != EventType::Left);
-            if decided && self.config.mqtt.as_ref().is_some_and(|m| m.snapshots) {
-                self.publish_snapshot(index, &crop);
-            }
-            if decided || self.cameras[index].last_crop.is_none() {
-                self.cameras[index].last_crop = Some(crop);
-            }
-            for e in &events {
-                self.emit(e);
-            }
-        }
-        self.still_seen(index, at);
-        if self
-            .enroll
-            .as_ref()
-            .is_some_and(|e| e.camera == self.cameras[index].name)
-        {
-            self.enroll_frame(&rgb, &faces);
-        }
-        let embed_ms = embed_started.elapsed().as_secs_f64() * 1e3;
+    }
+
+    fn decode_failed(&self, index: usize, error: &str) {
         let mut s = self.stats.lock().expect("stats");
-        s.frames += 1;
-        s.embeddings += embeddings.len() as u64;
-        s.detect_ms = ema(s.detect_ms, detect_ms);
-        if !embeddings.is_empty() {
-            s.embed_ms = ema(s.embed_ms, embed_ms / embeddings.len() as f64);
+        s.decode_errors += 1;
+        if s.decode_errors.is_power_of_two() {
+            log::warn!(
+                "camera {}: undecodable frame ({error}); {} so far",
+                self.cameras[index].recognizer.camera(),
+                s.decode_errors
+            );
         }
     }
 
-    /// Presence: the recognised people in view of camera `index` are still there.
-    fn still_seen(&mut self, index: usize, at: SystemTime) {
-        for person in self.cameras[index].tracker.recognized_people() {
-            if let Some(m) = self.presence.still_seen(&person, at) {
-                self.sink.send(m);
+    fn carry_out(&mut self, index: usize, effect: Effect) {
+        match effect {
+            Effect::Track(e) => self.publish_event(&e),
+            Effect::StillSeen { person, at } => {
+                let message = self.reporter.still_seen(&person, at);
+                self.send(message);
             }
+            Effect::Snapshot(crop) => self.publish_snapshot(index, &crop),
+            Effect::EnrolmentPhoto {
+                person,
+                frame,
+                last,
+            } => self.save_enrolment_photo(index, &person, &frame, last),
         }
     }
 
-    fn emit(&mut self, e: &FaceEvent) {
-        match (e.kind, &e.person) {
-            (EventType::Recognized, Some(p)) => {
-                if let Some(m) = self.presence.recognized(p, &e.camera, e.score, e.at) {
-                    self.sink.send(m);
-                }
-            }
-            (EventType::Left, Some(p)) => self.presence.track_ended(p, e.at),
-            _ => {}
-        }
+    fn publish_event(&mut self, e: &FaceEvent) {
         let who = e.person.as_deref().unwrap_or("unknown");
         log::info!(
             "camera {}: track {} {:?} {who} (score {:.3})",
@@ -398,186 +421,137 @@ impl Worker {
             e.kind,
             e.score
         );
-        for m in self.builder.messages(e, &self.names) {
-            self.sink.send(m);
-        }
+        let messages = self.reporter.track_event(e);
+        self.send(messages);
     }
 
-    fn publish_snapshot(&self, index: usize, crop: &image::RgbImage) {
+    fn publish_snapshot(&self, index: usize, crop: &RgbImage) {
         let mut jpeg = Vec::new();
         let encoder = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 85);
         if crop.write_with_encoder(encoder).is_ok() {
-            self.sink.send(Message::state(
-                self.topics.camera_snapshot(&self.cameras[index].name),
-                jpeg,
-            ));
+            let camera = self.cameras[index].recognizer.camera();
+            self.sink
+                .send(Message::state(self.topics.camera_snapshot(camera), jpeg));
         }
     }
 
-    fn snapshot(&self, camera: &str) -> Result<Value, String> {
-        let index = self
-            .cameras
+    fn camera_index(&self, camera: &str) -> Result<usize, CommandError> {
+        self.cameras
             .iter()
-            .position(|c| c.name == camera)
-            .ok_or_else(|| format!("no camera {camera:?}"))?;
+            .position(|c| c.recognizer.camera() == camera)
+            .ok_or_else(|| CommandError::NoCamera(camera.to_string()))
+    }
+
+    fn snapshot(&self, camera: &str) -> Answer {
+        let index = self.camera_index(camera)?;
         let crop = self.cameras[index]
-            .last_crop
-            .as_ref()
-            .ok_or_else(|| format!("camera {camera:?} has seen no face yet"))?;
+            .recognizer
+            .last_crop()
+            .ok_or_else(|| CommandError::NoFaceYet(camera.to_string()))?;
         self.publish_snapshot(index, crop);
         Ok(json!({"camera": camera, "topic": self.topics.camera_snapshot(camera)}))
     }
 
     /// Syncs the gallery with `config` and swaps it in; people who left are erased from the store and
-    /// from Home Assistant.
-    fn resync(&mut self, config: Config) -> Result<Value, String> {
-        let sources = collect_sources(&config);
-        for w in &sources.warnings {
-            log::warn!("{w}");
-        }
-        let (data, report) = sync(
-            &sources.people,
-            &mut self.pipeline,
-            config.gallery.enrol_policy,
-            &config.state_dir,
-            |_, _| {},
-        )
-        .map_err(|e| e.to_string())?;
-        for (person, path, reason) in &report.rejected {
-            log::warn!("{path}: not enrolled for {person}: {reason}");
-        }
-        self.gallery = gallery_from_store(
-            &data,
-            self.pipeline.embedder.spec().output.threshold,
-            &config,
-        );
-        self.names = data
-            .people
-            .iter()
-            .map(|p| (p.id.clone(), p.name.clone()))
-            .collect();
+    /// from Home Assistant. Cameras, MQTT and service settings stay as they run.
+    fn resync(&mut self, config: Config) -> Answer {
+        let loaded = load_gallery(&config, &mut self.pipeline)
+            .map_err(|e| CommandError::Failed(e.to_string()))?;
+        self.gallery = loaded.gallery;
+        let options = recognizer_options(&self.config);
         for c in &mut self.cameras {
-            c.tracker.set_config(config.tracking.clone());
-            c.stillness = stillness_gate(&config.tracking);
+            c.recognizer.set_settings(config.tracking.clone(), options);
         }
         self.config = Config {
             camera: self.config.camera.clone(),
             mqtt: self.config.mqtt.clone(),
             ..config
         };
-        self.announce();
+        let people = loaded.names.len();
+        self.announce(loaded.names);
+        let report = loaded.report;
         log::info!(
-            "gallery: {} people, {} photos embedded, {} unchanged, threshold {:.3}",
-            data.people.len(),
+            "gallery: {people} people, {} photos embedded, {} unchanged, threshold {:.3}",
             report.computed,
             report.reused,
             self.gallery.threshold()
         );
         Ok(json!({
-            "people": data.people.len(), "embedded": report.computed, "unchanged": report.reused,
+            "people": people, "embedded": report.computed, "unchanged": report.reused,
             "rejected": report.rejected.len(), "forgotten": report.removed_people, "threshold": self.gallery.threshold(),
         }))
     }
 
-    fn start_enroll(
-        &mut self,
-        person: String,
-        camera: String,
-        frames: usize,
-        reply: Sender<Result<Value, String>>,
-    ) {
-        let check = || -> Result<(), String> {
-            if !crate::config::is_valid_person_id(&person) {
-                return Err(format!(
-                    "{person:?} is not a valid person id (lowercase letters, digits, '_', '-')"
-                ));
-            }
-            if !self.cameras.iter().any(|c| c.name == camera) {
-                return Err(format!("no camera {camera:?}"));
-            }
-            if !(1..=50).contains(&frames) {
-                return Err("frames must be 1 to 50".into());
-            }
-            if self.enroll.is_some() {
-                return Err("an enrolment is already running".into());
-            }
-            Ok(())
+    fn start_enrolment(&mut self, person: String, camera: String, frames: usize, reply: Reply) {
+        let index = match self.camera_index(&camera) {
+            Ok(index) if self.enrolment.is_none() => index,
+            Ok(_) => return reply.send(Err(CommandError::Busy)),
+            Err(e) => return reply.send(Err(e)),
         };
-        match check() {
-            Ok(()) => {
-                self.enroll = Some(PendingEnroll {
-                    person,
-                    camera,
-                    remaining: frames,
-                    saved: vec![],
-                    reply,
-                })
-            }
-            Err(e) => {
-                let _ = reply.send(Err(e));
-            }
-        }
+        self.cameras[index]
+            .recognizer
+            .start_enrolment(&person, frames);
+        self.enrolment = Some(PendingEnrolment {
+            camera,
+            saved: vec![],
+            reply,
+        });
     }
 
-    /// Saves a frame showing exactly one usable face under `<state_dir>/enrolled/<person>/`.
-    fn enroll_frame(&mut self, rgb: &image::RgbImage, faces: &[crate::detect::Detection]) {
-        let usable = faces.len() == 1 && face_quality(&faces[0], &self.config.tracking).is_ok();
-        if !usable {
-            return;
-        }
-        let Some(e) = self.enroll.as_mut() else {
-            return;
-        };
-        let dir = enrolled_dir(&self.config).join(&e.person);
-        let name = format!(
+    /// Saves an enrolment photo under `<state_dir>/enrolled/<person>/`; after the last one, syncs the
+    /// gallery and answers the request.
+    fn save_enrolment_photo(&mut self, index: usize, person: &str, frame: &RgbImage, last: bool) {
+        let dir = enrolled_dir(&self.config.state_dir).join(person);
+        let path = dir.join(format!(
             "{}.jpg",
             humantime::format_rfc3339_millis(SystemTime::now())
                 .to_string()
                 .replace([':', '.'], "-")
-        );
+        ));
         let saved = std::fs::create_dir_all(&dir)
             .map_err(|err| err.to_string())
             .and_then(|_| {
-                let mut file =
-                    std::fs::File::create(dir.join(&name)).map_err(|err| err.to_string())?;
+                let mut file = std::fs::File::create(&path).map_err(|err| err.to_string())?;
                 let encoder = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut file, 92);
-                rgb.write_with_encoder(encoder)
+                frame
+                    .write_with_encoder(encoder)
                     .map_err(|err| err.to_string())
             });
+        let Some(mut pending) = self.enrolment.take() else {
+            return;
+        };
         if let Err(err) = saved {
-            let e = self.enroll.take().expect("pending");
-            let _ = e.reply.send(Err(format!(
+            self.cameras[index].recognizer.cancel_enrolment();
+            return pending.reply.send(Err(CommandError::Failed(format!(
                 "cannot save enrolment photo in {}: {err}",
                 dir.display()
-            )));
+            ))));
+        }
+        pending.saved.push(path.display().to_string());
+        if !last {
+            self.enrolment = Some(pending);
             return;
         }
-        e.saved.push(dir.join(&name).display().to_string());
-        e.remaining -= 1;
-        if e.remaining == 0 {
-            let e = self.enroll.take().expect("pending");
-            let result = self
-                .resync(self.config.clone())
-                .map(|sync| json!({"person": e.person, "photos": e.saved, "gallery": sync}));
-            let _ = e.reply.send(result);
-        }
+        let result = self
+            .resync(self.config.clone())
+            .map(|sync| json!({"person": person, "photos": pending.saved, "gallery": sync}));
+        pending.reply.send(result);
     }
 
-    fn stop(mut self) -> Self {
+    fn stop(mut self) {
         let now = SystemTime::now();
         for i in 0..self.cameras.len() {
-            for e in self.cameras[i].tracker.end_all(now) {
-                self.emit(&e);
+            for effect in self.cameras[i].recognizer.end_all(now) {
+                self.carry_out(i, effect);
             }
         }
-        if let Some(e) = self.enroll.take() {
-            let _ = e.reply.send(Err("the service is stopping".into()));
+        if let Some(pending) = self.enrolment.take() {
+            pending.reply.send(Err(CommandError::Stopping));
         }
-        self
     }
 
-    /// Cameras whose configuration changed get fresh trackers (their tracks end); others keep theirs.
-    pub fn set_cameras(&mut self, config: &Config) {
+    /// Cameras whose configuration changed get fresh recognizers (their tracks end); others keep theirs.
+    fn set_cameras(&mut self, config: &Config) {
         let now = SystemTime::now();
         let mut old: Vec<(crate::config::CameraConfig, CameraRuntime)> = self
             .config
@@ -590,39 +564,27 @@ impl Worker {
         for c in &config.camera {
             match old.iter().position(|(o, _)| o == c) {
                 Some(i) => cameras.push(old.remove(i).1),
-                None => cameras.push(camera_runtime(c, &config.tracking)),
+                None => cameras.push(camera_runtime(c, config)),
             }
         }
-        let ended: Vec<FaceEvent> = old
-            .iter_mut()
-            .flat_map(|(_, rt)| rt.tracker.end_all(now))
-            .collect();
-        for e in &ended {
-            self.emit(e);
+        for (_, mut runtime) in old {
+            for effect in runtime.recognizer.end_all(now) {
+                if let Effect::Track(e) = effect {
+                    self.publish_event(&e);
+                }
+            }
+            if runtime.recognizer.is_enrolling()
+                && let Some(pending) = self.enrolment.take()
+            {
+                pending
+                    .reply
+                    .send(Err(CommandError::NoCamera(pending.camera)));
+            }
         }
         self.cameras = cameras;
         self.config.camera = config.camera.clone();
         self.publish_discovery();
     }
-}
-
-fn camera_runtime(c: &crate::config::CameraConfig, tracking: &TrackingConfig) -> CameraRuntime {
-    CameraRuntime {
-        name: c.name.clone(),
-        interval: Duration::from_secs_f32(1.0 / c.detect_fps),
-        next_due: Instant::now(),
-        tracker: Tracker::new(&c.name, tracking.clone()),
-        last_crop: None,
-        stillness: stillness_gate(tracking),
-        last_faces: vec![],
-    }
-}
-
-fn stillness_gate(tracking: &TrackingConfig) -> StillnessGate {
-    StillnessGate::new(
-        tracking.still_threshold,
-        Duration::from_secs_f32(tracking.still_recheck_s),
-    )
 }
 
 /// The Home Assistant components announced last, kept in the state directory so that people removed
@@ -650,11 +612,6 @@ fn save_discovered(state_dir: &std::path::Path, components: &BTreeMap<String, &'
     if let Err(e) = crate::store::write_atomically(state_dir, DISCOVERED_FILE, &json) {
         log::warn!("cannot remember the announced Home Assistant components: {e}");
     }
-}
-
-/// Photos taken by the `enroll` command live in the state directory, as a gallery directory of their own.
-pub fn enrolled_dir(config: &Config) -> std::path::PathBuf {
-    config.state_dir.join("enrolled")
 }
 
 /// True while no streaming camera has gone quiet for longer than the stall timeout.

@@ -84,7 +84,7 @@ impl Mosquitto {
     /// Stops it with SIGTERM (it saves its persistence file) and waits for it to exit.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            unsafe_kill(child.id(), "TERM");
+            send_signal(child.id(), "TERM");
             let _ = child.wait();
         }
     }
@@ -115,7 +115,8 @@ fn mosquitto_binary() -> &'static str {
     }
 }
 
-pub fn unsafe_kill(pid: u32, signal: &str) {
+/// Sends `signal` (TERM, KILL, HUP) to a process with kill(1).
+pub fn send_signal(pid: u32, signal: &str) {
     let _ = Command::new("kill")
         .arg(format!("-{signal}"))
         .arg(pid.to_string())

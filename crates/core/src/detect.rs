@@ -1,9 +1,9 @@
 //! Face detection with YuNet on tract: frame -> padded BGR tensor -> network -> anchor decoding -> NMS ->
 //! boxes, scores and 5 landmarks in frame pixels. Decoding follows OpenCV's FaceDetectorYN exactly.
 
-use crate::inference::{OnnxModel, Plan, f32_values};
+use crate::error::ModelError;
+use crate::inference::{Kernels, OnnxModel, Plan, VerifiedWeights, f32_values};
 use crate::manifest::{ColorOrder, DetectorSpec, Manifest};
-use crate::models::{ModelError, VerifiedWeights};
 use image::RgbImage;
 use serde::Serialize;
 use tract_onnx::prelude::*;
@@ -66,8 +66,9 @@ pub struct DetectOptions {
 /// of about 20 px at that scale.
 pub const DEFAULT_MAX_SIDE: u32 = 640;
 
-/// What a user may set; the rest comes from the detector's manifest.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// What a user may set (the config's `[detection]`); the rest comes from the detector's manifest.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct DetectSettings {
     /// Overrides the manifest's score threshold.
     pub score_threshold: Option<f32>,
@@ -174,6 +175,7 @@ impl Detector {
         manifest: &Manifest,
         weights: &VerifiedWeights,
         settings: &DetectSettings,
+        kernels: Kernels,
     ) -> Result<Detector, ModelError> {
         let spec = manifest
             .detector
@@ -183,7 +185,7 @@ impl Detector {
                 actual: "embedder",
                 wanted: "detector",
             })?;
-        let model = OnnxModel::parse(weights)?;
+        let model = OnnxModel::parse(weights, kernels)?;
         let names = model.output_names();
         let find = |prefix: &str, stride: u32| {
             let name = format!("{prefix}_{stride}");

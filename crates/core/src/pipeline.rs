@@ -1,11 +1,8 @@
-//! The pixels-to-embeddings path as one value: detector + embedder, loaded from the catalog. Pure
-//! computation once loaded: frames in, detections and embeddings out.
+//! The pixels-to-embeddings path as one value: detector + embedder (the daemon's `models` loads them).
+//! Frames in, detections and embeddings out.
 
-use crate::detect::{DetectError, DetectSettings, Detection, Detector, main_face};
+use crate::detect::{DetectError, Detection, Detector, main_face};
 use crate::embed::{EmbedError, Embedder};
-use crate::inference::Precision;
-use crate::manifest::Role;
-use crate::models::{Catalog, ModelError};
 use image::RgbImage;
 
 /// A detected face and its L2-normalised embedding.
@@ -39,19 +36,6 @@ pub struct FacePipeline {
 }
 
 impl FacePipeline {
-    pub fn load(
-        catalog: &Catalog,
-        detector_id: &str,
-        settings: &DetectSettings,
-        embedder_id: &str,
-        precision: Precision,
-    ) -> Result<FacePipeline, ModelError> {
-        Ok(FacePipeline {
-            detector: load_detector(catalog, detector_id, settings)?,
-            embedder: load_embedder_in(catalog, embedder_id, precision)?,
-        })
-    }
-
     /// Detects, selects and embeds faces; fails with `NoFace` when nothing is found.
     pub fn embed_faces(
         &mut self,
@@ -78,29 +62,4 @@ impl FacePipeline {
             })
             .collect()
     }
-}
-
-/// Reads, verifies and loads a detector from the catalog.
-pub fn load_detector(
-    catalog: &Catalog,
-    id: &str,
-    settings: &DetectSettings,
-) -> Result<Detector, ModelError> {
-    let manifest = catalog.get_role(id, Role::Detector)?;
-    Detector::new(manifest, &catalog.read_verified(manifest)?, settings)
-}
-
-/// Reads, verifies and loads an embedder from the catalog.
-pub fn load_embedder(catalog: &Catalog, id: &str) -> Result<Embedder, ModelError> {
-    load_embedder_in(catalog, id, Precision::F32)
-}
-
-/// The embedder `id`, running in `precision`.
-pub fn load_embedder_in(
-    catalog: &Catalog,
-    id: &str,
-    precision: Precision,
-) -> Result<Embedder, ModelError> {
-    let manifest = catalog.get_role(id, Role::Embedder)?;
-    Embedder::with_precision(manifest, &catalog.read_verified(manifest)?, precision)
 }

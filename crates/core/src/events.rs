@@ -246,7 +246,7 @@ pub struct Presence {
 
 #[derive(Debug, Clone, PartialEq)]
 struct PersonPresence {
-    state: String,
+    state: Whereabouts,
     last_seen: Option<SystemTime>,
     score: Option<f32>,
     active_tracks: usize,
@@ -254,6 +254,23 @@ struct PersonPresence {
 }
 
 pub const NOT_HOME: &str = "not_home";
+
+/// Where a person is, as `person/<id>/state` says it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Whereabouts {
+    NotHome,
+    /// In view of this camera, or seen there within the absence time.
+    Camera(String),
+}
+
+impl Whereabouts {
+    fn as_str(&self) -> &str {
+        match self {
+            Whereabouts::NotHome => NOT_HOME,
+            Whereabouts::Camera(name) => name,
+        }
+    }
+}
 
 impl Presence {
     pub fn new(topics: Topics, absence: Duration) -> Presence {
@@ -283,7 +300,7 @@ impl Presence {
                 self.people.insert(
                     id.clone(),
                     PersonPresence {
-                        state: NOT_HOME.into(),
+                        state: Whereabouts::NotHome,
                         last_seen: None,
                         score: None,
                         active_tracks: 0,
@@ -310,7 +327,7 @@ impl Presence {
     ) -> Option<Message> {
         let p = self.people.get_mut(person)?;
         p.active_tracks += 1;
-        p.state = camera.to_string();
+        p.state = Whereabouts::Camera(camera.to_string());
         p.last_seen = Some(at);
         p.score = Some(score);
         p.last_published = Some(at);
@@ -348,7 +365,7 @@ impl Presence {
             .iter()
             .filter(|(_, p)| {
                 p.active_tracks == 0
-                    && p.state != NOT_HOME
+                    && p.state != Whereabouts::NotHome
                     && p.last_seen
                         .is_some_and(|t| now.duration_since(t).unwrap_or_default() >= absence)
             })
@@ -357,7 +374,7 @@ impl Presence {
         gone.iter()
             .map(|id| {
                 let p = self.people.get_mut(id).expect("present");
-                p.state = NOT_HOME.into();
+                p.state = Whereabouts::NotHome;
                 p.last_published = Some(now);
                 self.message(id)
             })
@@ -367,7 +384,7 @@ impl Presence {
     fn message(&self, id: &str) -> Message {
         let p = &self.people[id];
         let payload = json!({
-            "state": p.state,
+            "state": p.state.as_str(),
             "last_seen": p.last_seen.map(timestamp),
             "score": p.score.map(|s| round3(s as f64)),
         });
@@ -378,119 +395,7 @@ impl Presence {
     }
 }
 
-/// The component platforms face-edge announces, as static names (discovery keeps them per component).
-pub fn platform(name: &str) -> Option<&'static str> {
-    [
-        "binary_sensor",
-        "device_tracker",
-        "event",
-        "image",
-        "sensor",
-    ]
-    .into_iter()
-    .find(|p| *p == name)
-}
-
-/// What the Home Assistant discovery document describes.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DiscoveryInput {
-    /// (id, display name)
-    pub people: Vec<(String, String)>,
-    pub cameras: Vec<String>,
-    pub snapshots: bool,
-    /// Seconds after the last "present" update before Home Assistant turns occupancy off by itself.
-    pub off_delay_s: u64,
-}
-
-/// Builds the device-based discovery document. Components of people or cameras that were in the previous
-/// document but are gone now are sent with only their platform, which tells Home Assistant to remove them.
-pub fn discovery(
-    topics: &Topics,
-    input: &DiscoveryInput,
-    previous: &BTreeMap<String, &'static str>,
-) -> (Message, BTreeMap<String, &'static str>) {
-    let node = &topics.node_id;
-    let version = env!("CARGO_PKG_VERSION");
-    let mut cmps = serde_json::Map::new();
-    let mut current: BTreeMap<String, &'static str> = BTreeMap::new();
-    let mut add = |key: String, platform: &'static str, config: Value| {
-        current.insert(key.clone(), platform);
-        cmps.insert(key, config);
-    };
-    for (id, name) in &input.people {
-        let state = topics.person_state(id);
-        add(
-            format!("{id}_presence"),
-            "binary_sensor",
-            json!({
-                "p": "binary_sensor", "name": format!("{name} present"), "unique_id": format!("face_edge_{node}_{id}_presence"),
-                "device_class": "occupancy", "state_topic": state,
-                "value_template": "{{ 'ON' if value_json.state != 'not_home' else 'OFF' }}",
-                "off_delay": input.off_delay_s,
-                "json_attributes_topic": state,
-            }),
-        );
-        add(
-            format!("{id}_tracker"),
-            "device_tracker",
-            json!({
-                "p": "device_tracker", "name": name.clone(), "unique_id": format!("face_edge_{node}_{id}_tracker"),
-                "state_topic": state, "value_template": "{{ value_json.state }}",
-                "json_attributes_topic": state, "source_type": "router",
-            }),
-        );
-    }
-    for camera in &input.cameras {
-        add(
-            format!("{camera}_event"),
-            "event",
-            json!({
-                "p": "event", "name": format!("{camera} face"), "unique_id": format!("face_edge_{node}_{camera}_event"),
-                "state_topic": topics.camera_event(camera), "event_types": ["recognized", "unknown"],
-            }),
-        );
-        if input.snapshots {
-            add(
-                format!("{camera}_snapshot"),
-                "image",
-                json!({
-                    "p": "image", "name": format!("{camera} last face"), "unique_id": format!("face_edge_{node}_{camera}_snapshot"),
-                    "image_topic": topics.camera_snapshot(camera), "content_type": "image/jpeg",
-                }),
-            );
-        }
-    }
-    for (key, unit, field, name) in [
-        ("fps", "fps", "fps", "Frames per second"),
-        ("embed_ms", "ms", "embed_ms", "Embedding time"),
-    ] {
-        add(
-            key.to_string(),
-            "sensor",
-            json!({
-                "p": "sensor", "name": name, "unique_id": format!("face_edge_{node}_{key}"), "entity_category": "diagnostic",
-                "state_topic": topics.stats(), "value_template": format!("{{{{ value_json.{field} }}}}"),
-                "unit_of_measurement": unit, "state_class": "measurement",
-            }),
-        );
-    }
-    for (key, platform) in previous {
-        if !current.contains_key(key) {
-            cmps.insert(key.clone(), json!({ "p": platform }));
-        }
-    }
-    let doc = json!({
-        "dev": {"ids": [format!("face_edge_{node}")], "name": format!("face-edge {node}"), "mf": "face-edge", "mdl": "face-edge", "sw": version},
-        "o": {"name": "face-edge", "sw": version},
-        "avty_t": topics.availability(),
-        "qos": 1,
-        "cmps": cmps,
-    });
-    (
-        Message::state(topics.discovery(), doc.to_string().into_bytes()),
-        current,
-    )
-}
+pub use crate::discovery::{DiscoveryInput, discovery, platform};
 
 /// A request received on `request/<command>`.
 #[derive(Debug, Clone, PartialEq)]
@@ -529,6 +434,16 @@ pub fn response(
         Err(e) => json!({"status": "error", "error": e, "transaction": transaction}),
     };
     Message::event(topics.response(command), &payload)
+}
+
+/// Ids of people and cameras become MQTT topic segments and file names: lowercase letters, digits, '_'
+/// and '-', at most 64 characters.
+pub fn is_valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
 }
 
 #[cfg(test)]

@@ -2,11 +2,12 @@
 //! tract (fixed input shape) -> an L2-normalised vector, plus the cosine and display helpers around it.
 
 use crate::align;
+use crate::error::ModelError;
 use crate::inference::{
-    OnnxModel, Plan, Precision, check_declared_input, cpu_has_half_precision, f32_values,
+    Kernels, OnnxModel, Plan, Precision, VerifiedWeights, check_declared_input,
+    cpu_has_half_precision, f32_values,
 };
 use crate::manifest::{ColorOrder, EmbedderSpec, Manifest};
-use crate::models::{ModelError, VerifiedWeights};
 use image::RgbImage;
 use tract_onnx::prelude::*;
 
@@ -37,17 +38,14 @@ pub struct Embedder {
 }
 
 impl Embedder {
-    /// Loads the weights into a plan specialised to the manifest's input size; refuses a model whose
-    /// declared input or actual output disagrees with the manifest.
-    pub fn new(manifest: &Manifest, weights: &VerifiedWeights) -> Result<Embedder, ModelError> {
-        Embedder::with_precision(manifest, weights, Precision::F32)
-    }
-
-    /// As `new`, running in `precision`; f16 is refused on CPUs without half-precision arithmetic.
-    pub fn with_precision(
+    /// Loads the weights into a plan specialised to the manifest's input size, running in `precision`;
+    /// refuses a model whose declared input or actual output disagrees with the manifest, and f16 on
+    /// CPUs without half-precision arithmetic.
+    pub fn load(
         manifest: &Manifest,
         weights: &VerifiedWeights,
         precision: Precision,
+        kernels: Kernels,
     ) -> Result<Embedder, ModelError> {
         if precision == Precision::F16 && !cpu_has_half_precision() {
             return Err(ModelError::NoHalfPrecision {
@@ -62,7 +60,7 @@ impl Embedder {
                 actual: "detector",
                 wanted: "embedder",
             })?;
-        let model = OnnxModel::parse(weights)?;
+        let model = OnnxModel::parse(weights, kernels)?;
         let [w, h] = spec.input_size;
         let shape = [1, 3, h as usize, w as usize];
         check_declared_input(&model, &manifest.id, &shape)?;
@@ -241,7 +239,8 @@ mod tests {
 
     #[test]
     fn imagenet_preprocessing_matches_the_contract() {
-        let m = Manifest::parse(include_str!("../models/japanese-face-v1.toml"), "t").unwrap();
+        let m =
+            Manifest::parse(include_str!("../../../models/japanese-face-v1.toml"), "t").unwrap();
         let spec = m.embedder.unwrap();
         let crop = RgbImage::from_pixel(2, 1, image::Rgb([255, 0, 128]));
         let t = crop_to_tensor(&crop, &spec);
@@ -253,7 +252,7 @@ mod tests {
 
     #[test]
     fn arcface_preprocessing_is_x_minus_127_over_128() {
-        let m = Manifest::parse(include_str!("../models/mobilefacenet.toml"), "t").unwrap();
+        let m = Manifest::parse(include_str!("../../../models/mobilefacenet.toml"), "t").unwrap();
         let crop = RgbImage::from_pixel(1, 1, image::Rgb([255, 127, 0]));
         let d = f32_values(&crop_to_tensor(&crop, &m.embedder.unwrap()))
             .unwrap()

@@ -2,10 +2,10 @@
 //! produces one `recognized` (or `unknown`) and one `left`, not an event per frame. Pure: detections,
 //! decisions and times in; which faces to embed and the resulting events out.
 
-use crate::config::TrackingConfig;
 use crate::detect::Detection;
 use crate::events::{EventType, FaceEvent};
 use crate::gallery::Decision;
+use crate::settings::TrackingSettings;
 use std::collections::VecDeque;
 use std::time::{Duration, SystemTime};
 
@@ -56,7 +56,7 @@ pub enum Skip {
 }
 
 /// Checks a face's size and pose from its box and landmarks (blur is checked on the aligned crop).
-pub fn face_quality(d: &Detection, config: &TrackingConfig) -> Result<(), Skip> {
+pub fn face_quality(d: &Detection, config: &TrackingSettings) -> Result<(), Skip> {
     if d.width().max(d.height()) < config.min_face_px {
         Err(Skip::TooSmall)
     } else if turn(d) > config.max_turn {
@@ -103,13 +103,13 @@ pub fn sharpness(img: &image::RgbImage) -> f32 {
 #[derive(Debug)]
 pub struct Tracker {
     camera: String,
-    config: TrackingConfig,
+    config: TrackingSettings,
     tracks: Vec<Track>,
     next_id: u64,
 }
 
 impl Tracker {
-    pub fn new(camera: &str, config: TrackingConfig) -> Tracker {
+    pub fn new(camera: &str, config: TrackingSettings) -> Tracker {
         Tracker {
             camera: camera.to_string(),
             config,
@@ -118,7 +118,7 @@ impl Tracker {
         }
     }
 
-    pub fn set_config(&mut self, config: TrackingConfig) {
+    pub fn set_config(&mut self, config: TrackingSettings) {
         self.config = config;
     }
 
@@ -139,24 +139,7 @@ impl Tracker {
         detections: &[Detection],
         now: SystemTime,
     ) -> (Vec<Assignment>, Vec<FaceEvent>) {
-        let mut pairs: Vec<(f32, usize, usize)> = vec![]; // (affinity, track, detection)
-        for (ti, t) in self.tracks.iter().enumerate() {
-            for (di, d) in detections.iter().enumerate() {
-                let a = affinity(&t.bbox, d);
-                if a > 0.0 {
-                    pairs.push((a, ti, di));
-                }
-            }
-        }
-        pairs.sort_by(|a, b| b.0.total_cmp(&a.0));
-        let mut track_of: Vec<Option<usize>> = vec![None; detections.len()];
-        let mut taken = vec![false; self.tracks.len()];
-        for (_, ti, di) in pairs {
-            if !taken[ti] && track_of[di].is_none() {
-                taken[ti] = true;
-                track_of[di] = Some(ti);
-            }
-        }
+        let track_of = self.match_detections(detections);
         let mut assignments = Vec::with_capacity(detections.len());
         for (di, d) in detections.iter().enumerate() {
             let ti = match track_of[di] {
@@ -196,6 +179,34 @@ impl Tracker {
                 embed,
             });
         }
+        (assignments, self.end_lost(now))
+    }
+
+    /// The track each detection continues (None: a new face), greedily by affinity, one to one.
+    fn match_detections(&self, detections: &[Detection]) -> Vec<Option<usize>> {
+        let mut pairs: Vec<(f32, usize, usize)> = vec![]; // (affinity, track, detection)
+        for (ti, t) in self.tracks.iter().enumerate() {
+            for (di, d) in detections.iter().enumerate() {
+                let a = affinity(&t.bbox, d);
+                if a > 0.0 {
+                    pairs.push((a, ti, di));
+                }
+            }
+        }
+        pairs.sort_by(|a, b| b.0.total_cmp(&a.0));
+        let mut track_of: Vec<Option<usize>> = vec![None; detections.len()];
+        let mut taken = vec![false; self.tracks.len()];
+        for (_, ti, di) in pairs {
+            if !taken[ti] && track_of[di].is_none() {
+                taken[ti] = true;
+                track_of[di] = Some(ti);
+            }
+        }
+        track_of
+    }
+
+    /// Ends the tracks not seen for `lost_after_s`; returns `left` for those that were decided.
+    fn end_lost(&mut self, now: SystemTime) -> Vec<FaceEvent> {
         let lost_after = Duration::from_secs_f32(self.config.lost_after_s);
         let mut left = vec![];
         let camera = self.camera.clone();
@@ -206,7 +217,7 @@ impl Tracker {
             }
             !gone
         });
-        (assignments, left)
+        left
     }
 
     /// Records that the face of `track_id` was not embedded after all (quality), so it is retried soon.
@@ -453,13 +464,13 @@ mod tests {
         SystemTime::UNIX_EPOCH + Duration::from_millis(1_000_000 + ms)
     }
 
-    fn config() -> TrackingConfig {
-        TrackingConfig {
+    fn config() -> TrackingSettings {
+        TrackingSettings {
             votes: 2,
             unknown_after: 3,
             embed_every: 2,
             lost_after_s: 1.0,
-            ..TrackingConfig::default()
+            ..TrackingSettings::default()
         }
     }
 
@@ -560,7 +571,7 @@ mod tests {
 
     #[test]
     fn quality_checks() {
-        let c = TrackingConfig::default();
+        let c = TrackingSettings::default();
         assert_eq!(face_quality(&det(0.0), &c), Ok(()));
         let mut small = det(0.0);
         small.bbox = [0.0, 0.0, 20.0, 20.0];

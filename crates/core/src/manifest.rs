@@ -2,7 +2,6 @@
 //! input/output contract face-edge must honour to run it. Parsed strictly and validated on load.
 
 use serde::Deserialize;
-use std::path::Path;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
@@ -227,32 +226,35 @@ impl Manifest {
         Ok(manifest)
     }
 
-    pub fn from_file(path: &Path) -> Result<Manifest, ManifestError> {
-        let name = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| ManifestError::Parse {
-            source_name: name.clone(),
-            message: e.to_string(),
-        })?;
-        Manifest::parse(&text, &name)
-    }
-
     pub fn embedder_spec(&self) -> Option<&EmbedderSpec> {
         self.embedder.as_ref()
     }
 
     fn validate(&self, source_name: &str) -> Result<(), ManifestError> {
-        let invalid = |field: &'static str, message: String| ManifestError::Invalid {
-            source_name: source_name.to_string(),
-            field,
-            message,
-        };
+        let problem = self
+            .identity_problem()
+            .err()
+            .or_else(|| self.checksum_problem().err())
+            .or_else(|| self.role_problem().err());
+        match problem {
+            Some((field, message)) => Err(ManifestError::Invalid {
+                source_name: source_name.to_string(),
+                field,
+                message,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// The id, the weights' file name and the variant's base.
+    fn identity_problem(&self) -> Result<(), FieldError> {
         let is_slug = |s: &str| {
             !s.is_empty()
                 && s.chars()
                     .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
         };
         if !is_slug(&self.id) {
-            return Err(invalid(
+            return Err((
                 "id",
                 format!(
                     "{:?} must be lowercase letters, digits, '-' or '_'",
@@ -261,47 +263,49 @@ impl Manifest {
             ));
         }
         if self.weights.is_empty() || self.weights.contains('/') || self.weights.contains('\\') {
-            return Err(invalid(
+            return Err((
                 "weights",
                 format!("{:?} must be a plain file name", self.weights),
             ));
         }
-        let is_hex =
-            |s: &str, len: usize| s.len() == len && s.chars().all(|c| c.is_ascii_hexdigit());
-        match (&self.sha256, &self.git_blob_sha1) {
-            (None, None) => {
-                return Err(invalid(
-                    "sha256",
-                    "a manifest needs sha256 or git_blob_sha1".to_string(),
-                ));
-            }
-            (Some(s), _) if !is_hex(s, 64) => {
-                return Err(invalid("sha256", format!("{s:?} is not 64 hex digits")));
-            }
-            (_, Some(s)) if !is_hex(s, 40) => {
-                return Err(invalid(
-                    "git_blob_sha1",
-                    format!("{s:?} is not 40 hex digits"),
-                ));
-            }
-            _ => {}
-        }
         if let Some(v) = &self.variant
             && !is_slug(&v.base)
         {
-            return Err(invalid(
+            return Err((
                 "variant.base",
                 format!("{:?} must be the id of the model it was made from", v.base),
             ));
         }
+        Ok(())
+    }
+
+    fn checksum_problem(&self) -> Result<(), FieldError> {
+        let is_hex =
+            |s: &str, len: usize| s.len() == len && s.chars().all(|c| c.is_ascii_hexdigit());
+        match (&self.sha256, &self.git_blob_sha1) {
+            (None, None) => Err((
+                "sha256",
+                "a manifest needs sha256 or git_blob_sha1".to_string(),
+            )),
+            (Some(s), _) if !is_hex(s, 64) => {
+                Err(("sha256", format!("{s:?} is not 64 hex digits")))
+            }
+            (_, Some(s)) if !is_hex(s, 40) => {
+                Err(("git_blob_sha1", format!("{s:?} is not 40 hex digits")))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn role_problem(&self) -> Result<(), FieldError> {
         match (self.role, &self.detector, &self.embedder) {
-            (Role::Detector, Some(d), None) => validate_detector(d).map_err(|(f, m)| invalid(f, m)),
-            (Role::Embedder, None, Some(e)) => validate_embedder(e).map_err(|(f, m)| invalid(f, m)),
-            (Role::Detector, _, _) => Err(invalid(
+            (Role::Detector, Some(d), None) => validate_detector(d),
+            (Role::Embedder, None, Some(e)) => validate_embedder(e),
+            (Role::Detector, _, _) => Err((
                 "role",
                 "a detector needs a [detector] section and no [embedder]".to_string(),
             )),
-            (Role::Embedder, _, _) => Err(invalid(
+            (Role::Embedder, _, _) => Err((
                 "role",
                 "an embedder needs an [embedder] section and no [detector]".to_string(),
             )),
@@ -403,7 +407,7 @@ fn validate_embedder(e: &EmbedderSpec) -> Result<(), FieldError> {
 mod tests {
     use super::*;
 
-    const BUILTIN: &str = include_str!("../models/japanese-face-v1.toml");
+    const BUILTIN: &str = include_str!("../../../models/japanese-face-v1.toml");
 
     #[test]
     fn japanese_face_manifest_carries_the_face01_contract() {
@@ -439,7 +443,7 @@ mod tests {
 
     #[test]
     fn offset_scale_form_matches_mean_std_form() {
-        let text = include_str!("../models/mobilefacenet.toml")
+        let text = include_str!("../../../models/mobilefacenet.toml")
             .replace(
                 "mean = [127.0, 127.0, 127.0]",
                 "offset = [127.0, 127.0, 127.0]",
@@ -449,7 +453,7 @@ mod tests {
                 "scale = [0.0078125, 0.0078125, 0.0078125]",
             );
         let a = Manifest::parse(&text, "a").unwrap();
-        let b = Manifest::parse(include_str!("../models/mobilefacenet.toml"), "b").unwrap();
+        let b = Manifest::parse(include_str!("../../../models/mobilefacenet.toml"), "b").unwrap();
         assert_eq!(
             a.embedder_spec()
                 .unwrap()
@@ -464,7 +468,7 @@ mod tests {
 
     #[test]
     fn a_variant_names_its_base_and_a_known_method() {
-        let text = include_str!("../models/mobilefacenet-int8-weights.toml");
+        let text = include_str!("../../../models/mobilefacenet-int8-weights.toml");
         let v = Manifest::parse(text, "v").unwrap().variant.unwrap();
         assert_eq!(
             (v.base.as_str(), v.method),
@@ -480,7 +484,8 @@ mod tests {
 
     #[test]
     fn a_checksum_is_required() {
-        let text = include_str!("../models/mobilefacenet.toml").replace("sha256 =", "# sha256 =");
+        let text =
+            include_str!("../../../models/mobilefacenet.toml").replace("sha256 =", "# sha256 =");
         let err = Manifest::parse(&text, "m").unwrap_err().to_string();
         assert!(err.contains("sha256"), "{err}");
     }

@@ -167,6 +167,27 @@ impl Gallery {
     }
 }
 
+/// `threshold = "auto"` (calibrated from the gallery, floored at the model's default) or a number.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Deserialize, Default)]
+#[serde(untagged)]
+pub enum ThresholdSetting {
+    Fixed(f32),
+    #[default]
+    #[serde(deserialize_with = "auto_keyword")]
+    Auto,
+}
+
+fn auto_keyword<'de, D: serde::Deserializer<'de>>(d: D) -> Result<(), D::Error> {
+    let s = <String as serde::Deserialize>::deserialize(d)?;
+    if s == "auto" {
+        Ok(())
+    } else {
+        Err(serde::de::Error::custom(format!(
+            "expected \"auto\" or a number, got {s:?}"
+        )))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,9 +2,18 @@
 //! errors naming the key, and every value is validated at load so a running service never meets a bad
 //! one. Loading again is how the service reloads it.
 
-use crate::detect::DEFAULT_MAX_SIDE;
-use crate::inference::Precision;
 use crate::models::{DEFAULT_DETECTOR, DEFAULT_EMBEDDER};
+#[cfg(test)]
+use face_edge_core::detect::DEFAULT_MAX_SIDE;
+use face_edge_core::detect::DetectSettings;
+pub use face_edge_core::gallery::ThresholdSetting;
+use face_edge_core::inference::Precision;
+pub use face_edge_core::settings::TrackingSettings;
+
+mod broker;
+mod camera;
+pub use broker::BrokerAddress;
+pub use camera::{CameraConfig, ExecCamera, ExecFormat, FilesCamera, V4l2Camera, V4l2Format};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
@@ -34,7 +43,7 @@ pub struct Config {
     #[serde(default)]
     pub models: ModelsConfig,
     #[serde(default)]
-    pub detection: DetectionConfig,
+    pub detection: DetectSettings,
     #[serde(default)]
     pub gallery: GalleryConfig,
     /// Explicit people, in addition to (or instead of) `gallery.dir`.
@@ -49,165 +58,17 @@ pub struct Config {
     #[serde(default)]
     pub camera: Vec<CameraConfig>,
     #[serde(default)]
-    pub tracking: TrackingConfig,
+    pub tracking: TrackingSettings,
     #[serde(default)]
     pub service: ServiceConfig,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum CameraKind {
-    V4l2,
-    Exec,
-    Files,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum PixelFormat {
-    /// v4l2: MJPEG if the device offers it at the size, else YUYV.
-    #[default]
-    Auto,
-    Mjpeg,
-    Yuyv,
-    /// exec: raw 8-bit RGB frames of `width` x `height`.
-    Rgb24,
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CameraConfig {
-    /// Camera name: lowercase letters, digits, '_' and '-' (an MQTT topic segment).
-    pub name: String,
-    pub kind: CameraKind,
-    /// v4l2: a device path (/dev/video0) or a name under /dev/v4l/by-id.
-    #[serde(default)]
-    pub device: Option<String>,
-    /// exec: the program and its arguments, e.g. ["rpicam-vid", "--codec", "mjpeg", "-t", "0", "-o", "-"].
-    #[serde(default)]
-    pub command: Vec<String>,
-    /// files: a directory of images, or a glob.
-    #[serde(default)]
-    pub path: Option<String>,
-    /// files: start again from the first image at the end.
-    #[serde(default, rename = "loop")]
-    pub looping: bool,
-    /// files: frames each image is shown for (a slideshow of still photos needs several, so faces can
-    /// be tracked and voted on; recordings use 1).
-    #[serde(default = "default_repeat")]
-    pub repeat: u32,
-    #[serde(default)]
-    pub format: PixelFormat,
-    #[serde(default = "default_width")]
-    pub width: u32,
-    #[serde(default = "default_height")]
-    pub height: u32,
-    /// Capture rate asked of the device (v4l2) or the pace of a files source.
-    #[serde(default = "default_fps")]
-    pub fps: f32,
-    /// How often frames of this camera are run through detection.
-    #[serde(default = "default_detect_fps")]
-    pub detect_fps: f32,
-}
-
-fn default_repeat() -> u32 {
-    1
-}
-fn default_width() -> u32 {
-    640
-}
-fn default_height() -> u32 {
-    480
-}
-fn default_fps() -> f32 {
-    15.0
-}
-fn default_detect_fps() -> f32 {
-    5.0
-}
-
-/// How faces are followed across frames and when they are decided.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TrackingConfig {
-    /// Faces smaller than this (box side, pixels) are followed but not embedded.
-    #[serde(default = "default_min_face")]
-    pub min_face_px: f32,
-    /// A face turned further than this (nose offset from the eye midpoint / eye distance) is not embedded.
-    #[serde(default = "default_max_turn")]
-    pub max_turn: f32,
-    /// An aligned crop whose Laplacian variance is below this is too blurred to embed.
-    #[serde(default = "default_min_sharpness")]
-    pub min_sharpness: f32,
-    /// Embeddings of a person among a track's recent ones needed to report `recognized`.
-    #[serde(default = "default_votes")]
-    pub votes: usize,
-    /// Embeddings without a recognition before a track is reported `unknown`.
-    #[serde(default = "default_unknown_after")]
-    pub unknown_after: usize,
-    /// While a track is undecided it is embedded every this many detections.
-    #[serde(default = "default_embed_every")]
-    pub embed_every: u32,
-    /// Once decided, a track is re-embedded every this many detections (or when the face grows a third
-    /// larger): enough to notice that somebody else stepped into the box.
-    #[serde(default = "default_recheck_every")]
-    pub recheck_every: u32,
-    /// A frame in which no cell of a 32x24 grid changed its mean grey level by more than this since the
-    /// last analysed frame is not analysed, while every face in view is decided: a still scene costs only
-    /// its decoding. 0 analyses every frame.
-    #[serde(default = "default_still_threshold")]
-    pub still_threshold: f32,
-    /// A still scene is analysed again at least this often (seconds).
-    #[serde(default = "default_still_recheck")]
-    pub still_recheck_s: f32,
-    /// A track not seen for this long has `left`.
-    #[serde(default = "default_track_timeout")]
-    pub lost_after_s: f32,
-}
-
-impl Default for TrackingConfig {
-    fn default() -> Self {
-        toml::from_str("").expect("defaults")
-    }
-}
-
-fn default_min_face() -> f32 {
-    40.0
-}
-fn default_max_turn() -> f32 {
-    0.45
-}
-fn default_min_sharpness() -> f32 {
-    15.0
-}
-fn default_votes() -> usize {
-    2
-}
-fn default_unknown_after() -> usize {
-    4
-}
-fn default_embed_every() -> u32 {
-    2
-}
-fn default_recheck_every() -> u32 {
-    8
-}
-fn default_still_threshold() -> f32 {
-    6.0
-}
-fn default_still_recheck() -> f32 {
-    2.0
-}
-fn default_track_timeout() -> f32 {
-    2.0
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceConfig {
-    /// error, warn, info, debug or trace; RUST_LOG and --log-level take precedence.
-    #[serde(default)]
-    pub log_level: Option<String>,
+    /// off, error, warn, info, debug or trace; RUST_LOG and --log-level take precedence.
+    #[serde(default, deserialize_with = "log_level")]
+    pub log_level: Option<log::LevelFilter>,
     /// A camera that is streaming but delivers no frame for this long counts as stalled: the watchdog
     /// stops being fed so systemd restarts the service.
     #[serde(default = "default_stall")]
@@ -223,6 +84,15 @@ impl Default for ServiceConfig {
     }
 }
 
+fn log_level<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<log::LevelFilter>, D::Error> {
+    let name = String::deserialize(d)?;
+    name.parse().map(Some).map_err(|_| {
+        serde::de::Error::custom(format!(
+            "{name:?} is not a log level: off, error, warn, info, debug or trace"
+        ))
+    })
+}
+
 fn default_stall() -> f32 {
     10.0
 }
@@ -231,7 +101,7 @@ fn default_stall() -> f32 {
 #[serde(deny_unknown_fields)]
 pub struct MqttConfig {
     /// `mqtt://host[:1883]` or `mqtts://host[:8883]`.
-    pub url: String,
+    pub url: BrokerAddress,
     /// Topic segment naming this device: `face-edge/<node_id>/...` [default: the host name as a slug].
     #[serde(default)]
     pub node_id: Option<String>,
@@ -334,29 +204,6 @@ fn default_embedder() -> String {
     DEFAULT_EMBEDDER.to_string()
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DetectionConfig {
-    /// Overrides the detector manifest's score threshold.
-    #[serde(default)]
-    pub score_threshold: Option<f32>,
-    #[serde(default = "default_max_side")]
-    pub max_side: u32,
-}
-
-impl Default for DetectionConfig {
-    fn default() -> Self {
-        DetectionConfig {
-            score_threshold: None,
-            max_side: DEFAULT_MAX_SIDE,
-        }
-    }
-}
-
-fn default_max_side() -> u32 {
-    DEFAULT_MAX_SIDE
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum EnrolPolicy {
@@ -365,27 +212,6 @@ pub enum EnrolPolicy {
     RejectAmbiguous,
     /// Take the main face (largest and most central) whatever else is in the photo.
     Largest,
-}
-
-/// `threshold = "auto"` (calibrated from the gallery, floored at the model's default) or a number.
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Default)]
-#[serde(untagged)]
-pub enum ThresholdSetting {
-    Fixed(f32),
-    #[default]
-    #[serde(deserialize_with = "auto_keyword")]
-    Auto,
-}
-
-fn auto_keyword<'de, D: serde::Deserializer<'de>>(d: D) -> Result<(), D::Error> {
-    let s = String::deserialize(d)?;
-    if s == "auto" {
-        Ok(())
-    } else {
-        Err(serde::de::Error::custom(format!(
-            "expected \"auto\" or a number, got {s:?}"
-        )))
-    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -429,16 +255,31 @@ pub struct PersonConfig {
     pub images: Vec<String>,
 }
 
-/// Person ids become MQTT topic segments and file keys: lowercase letters, digits, '_' and '-'.
-pub fn is_valid_person_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 64
-        && id
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
-}
+pub use face_edge_core::events::is_valid_id as is_valid_person_id;
 
 impl Config {
+    /// Seconds a person must be out of view to be not_home (`mqtt.absence_s`, also without a broker).
+    pub fn absence_s(&self) -> u64 {
+        self.mqtt
+            .as_ref()
+            .map_or_else(default_absence, |m| m.absence_s)
+    }
+
+    /// Seconds between stats messages.
+    pub fn stats_interval_s(&self) -> u64 {
+        self.mqtt
+            .as_ref()
+            .map_or_else(default_stats_interval, |m| m.stats_interval_s)
+            .max(1)
+    }
+
+    /// The Home Assistant discovery prefix.
+    pub fn discovery_prefix(&self) -> String {
+        self.mqtt
+            .as_ref()
+            .map_or_else(default_discovery_prefix, |m| m.discovery_prefix.clone())
+    }
+
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
@@ -480,12 +321,7 @@ impl Config {
         }
         resolve(&mut config.state_dir);
         for c in &mut config.camera {
-            if c.kind == CameraKind::Files
-                && let Some(p) = c.path.as_mut()
-                && Path::new(p).is_relative()
-            {
-                *p = base.join(&*p).display().to_string();
-            }
+            c.resolve_paths(base);
         }
         for p in &mut config.person {
             for image in &mut p.images {
@@ -499,15 +335,27 @@ impl Config {
     }
 
     fn validate(&self, path: &Path) -> Result<(), ConfigError> {
-        let invalid = |field: String, message: String| ConfigError::Invalid {
-            path: path.to_path_buf(),
-            field,
-            message,
-        };
+        let problem = self
+            .detection_problem()
+            .or_else(|| self.mqtt.as_ref().and_then(MqttConfig::problem))
+            .or_else(|| self.camera_problem())
+            .or_else(|| self.tracking_problem())
+            .or_else(|| self.person_problem());
+        match problem {
+            Some((field, message)) => Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                field,
+                message,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    fn detection_problem(&self) -> Option<Problem> {
         if let Some(t) = self.detection.score_threshold
             && !(0.0..=1.0).contains(&t)
         {
-            return Err(invalid(
+            return Some((
                 "detection.score_threshold".into(),
                 format!("{t} is outside 0..1"),
             ));
@@ -515,85 +363,38 @@ impl Config {
         if let ThresholdSetting::Fixed(t) = self.gallery.threshold
             && !(-1.0..=1.0).contains(&t)
         {
-            return Err(invalid(
-                "gallery.threshold".into(),
-                format!("{t} is outside -1..1"),
-            ));
+            return Some(("gallery.threshold".into(), format!("{t} is outside -1..1")));
         }
         if !(0.0..=1.0).contains(&self.gallery.margin) {
-            return Err(invalid(
+            return Some((
                 "gallery.margin".into(),
                 format!("{} is outside 0..1", self.gallery.margin),
             ));
         }
-        if let Some(m) = &self.mqtt {
-            crate::mqtt::BrokerAddress::parse(&m.url).map_err(|e| invalid("mqtt.url".into(), e))?;
-            if let Some(n) = &m.node_id
-                && !is_valid_person_id(n)
-            {
-                return Err(invalid(
-                    "mqtt.node_id".into(),
-                    format!("{n:?}: use lowercase letters, digits, '_' or '-'"),
-                ));
-            }
-            if m.client_cert.is_some() != m.client_key.is_some() {
-                return Err(invalid(
-                    "mqtt.client_cert".into(),
-                    "client_cert and client_key go together".into(),
-                ));
-            }
-            if m.queue_size == 0
-                || m.keep_alive_s == 0
-                || m.reconnect_max_s == 0
-                || m.absence_s == 0
-            {
-                return Err(invalid(
-                    "mqtt".into(),
-                    "queue_size, keep_alive_s, reconnect_max_s and absence_s must be at least 1"
-                        .into(),
-                ));
-            }
-        }
+        None
+    }
+
+    fn camera_problem(&self) -> Option<Problem> {
         let mut names = std::collections::HashSet::new();
         for (i, c) in self.camera.iter().enumerate() {
             let field = |f: &str| format!("camera[{i}].{f}");
-            if !is_valid_person_id(&c.name) {
-                return Err(invalid(
+            if !is_valid_person_id(c.name()) {
+                return Some((
                     field("name"),
-                    format!("{:?}: use lowercase letters, digits, '_' or '-'", c.name),
+                    format!("{:?}: use lowercase letters, digits, '_' or '-'", c.name()),
                 ));
             }
-            if !names.insert(&c.name) {
-                return Err(invalid(
-                    field("name"),
-                    format!("{:?} is defined twice", c.name),
-                ));
+            if !names.insert(c.name()) {
+                return Some((field("name"), format!("{:?} is defined twice", c.name())));
             }
-            match c.kind {
-                CameraKind::V4l2 if c.device.is_none() => {
-                    return Err(invalid(
-                        field("device"),
-                        "a v4l2 camera needs a device".into(),
-                    ));
-                }
-                CameraKind::Exec if c.command.is_empty() => {
-                    return Err(invalid(
-                        field("command"),
-                        "an exec camera needs a command".into(),
-                    ));
-                }
-                CameraKind::Files if c.path.is_none() => {
-                    return Err(invalid(field("path"), "a files camera needs a path".into()));
-                }
-                _ => {}
-            }
-            if c.fps <= 0.0 || c.detect_fps <= 0.0 || c.width == 0 || c.height == 0 {
-                return Err(invalid(
-                    field("fps"),
-                    "fps, detect_fps, width and height must be positive".into(),
-                ));
+            if let Some((key, message)) = c.problem() {
+                return Some((field(key), message));
             }
         }
+        None
+    }
+
+    fn tracking_problem(&self) -> Option<Problem> {
         let t = &self.tracking;
         if t.votes == 0
             || t.unknown_after == 0
@@ -602,22 +403,27 @@ impl Config {
             || t.lost_after_s <= 0.0
             || t.still_recheck_s <= 0.0
         {
-            return Err(invalid(
+            return Some((
                 "tracking".into(),
                 "votes, unknown_after, embed_every, recheck_every, lost_after_s and still_recheck_s must be positive".into(),
             ));
         }
         if !(0.0..=255.0).contains(&t.still_threshold) {
-            return Err(invalid(
+            return Some((
                 "tracking.still_threshold".into(),
                 "grey levels, 0..255 (0 analyses every frame)".into(),
             ));
         }
+        None
+    }
+
+    fn person_problem(&self) -> Option<Problem> {
         let mut seen = std::collections::HashSet::new();
         for (i, p) in self.person.iter().enumerate() {
+            let field = |f: &str| format!("person[{i}].{f}");
             if !is_valid_person_id(&p.id) {
-                return Err(invalid(
-                    format!("person[{i}].id"),
+                return Some((
+                    field("id"),
                     format!(
                         "{:?}: use lowercase letters, digits, '_' or '-' (it becomes an MQTT topic segment)",
                         p.id
@@ -625,19 +431,46 @@ impl Config {
                 ));
             }
             if !seen.insert(&p.id) {
-                return Err(invalid(
-                    format!("person[{i}].id"),
-                    format!("{:?} is defined twice", p.id),
-                ));
+                return Some((field("id"), format!("{:?} is defined twice", p.id)));
             }
             if p.images.is_empty() {
-                return Err(invalid(
-                    format!("person[{i}].images"),
-                    "list at least one image or pattern".into(),
-                ));
+                return Some((field("images"), "list at least one image or pattern".into()));
             }
         }
-        Ok(())
+        None
+    }
+}
+
+/// A value that fails validation: (the key, as `section.key` or `camera[i].key`, and what is wrong).
+type Problem = (String, String);
+
+impl MqttConfig {
+    fn problem(&self) -> Option<Problem> {
+        if let Some(n) = &self.node_id
+            && !is_valid_person_id(n)
+        {
+            return Some((
+                "mqtt.node_id".into(),
+                format!("{n:?}: use lowercase letters, digits, '_' or '-'"),
+            ));
+        }
+        if self.client_cert.is_some() != self.client_key.is_some() {
+            return Some((
+                "mqtt.client_cert".into(),
+                "client_cert and client_key go together".into(),
+            ));
+        }
+        if self.queue_size == 0
+            || self.keep_alive_s == 0
+            || self.reconnect_max_s == 0
+            || self.absence_s == 0
+        {
+            return Some((
+                "mqtt".into(),
+                "queue_size, keep_alive_s, reconnect_max_s and absence_s must be at least 1".into(),
+            ));
+        }
+        None
     }
 }
 
@@ -651,7 +484,7 @@ mod tests {
 
     #[test]
     fn the_example_config_parses() {
-        let c = parse(include_str!("../config/face-edge.toml")).unwrap();
+        let c = parse(include_str!("../../config/face-edge.toml")).unwrap();
         assert_eq!(c.models.embedder, DEFAULT_EMBEDDER);
         assert_eq!(c.gallery.threshold, ThresholdSetting::Auto);
     }
@@ -659,7 +492,7 @@ mod tests {
     /// The commented examples of the example config (`# [[camera]]  # example` blocks) are valid too.
     #[test]
     fn the_example_config_commented_examples_parse() {
-        let text = include_str!("../config/face-edge.toml");
+        let text = include_str!("../../config/face-edge.toml");
         let mut blocks: Vec<String> = vec![];
         let mut current: Option<String> = None;
         for line in text.lines() {
@@ -697,6 +530,41 @@ mod tests {
         assert_eq!(c.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
         assert_eq!(c.detection.max_side, DEFAULT_MAX_SIDE);
         assert_eq!(c.gallery.enrol_policy, EnrolPolicy::RejectAmbiguous);
+    }
+
+    #[test]
+    fn log_level_is_a_level_or_an_error_naming_the_key() {
+        let c = parse("[service]\nlog_level = \"debug\"\n").unwrap();
+        assert_eq!(c.service.log_level, Some(log::LevelFilter::Debug));
+        let err = parse("[service]\nlog_level = \"verbose\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("log_level") && err.contains("not a log level"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_key_of_another_camera_kind_is_an_error() {
+        let err = parse("[[camera]]\nname = \"hall\"\nkind = \"files\"\npath = \"x\"\ndevice = \"/dev/video0\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("device"), "{err}");
+        let err = parse("[[camera]]\nname = \"hall\"\nkind = \"v4l2\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("device"), "{err}");
+        let err = parse("[[camera]]\nname = \"hall\"\nkind = \"v4l2\"\ndevice = \"/dev/video0\"\nformat = \"rgb24\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("rgb24"), "{err}");
+        let err = parse(
+            "[[camera]]\nname = \"hall\"\nkind = \"files\"\npath = \"x\"\ndetect_fps = nan\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("camera[0].detect_fps"), "{err}");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Thin helpers over tract shared by the detector and the embedders: parse verified ONNX bytes, read the
 //! input shape the file declares, and build an optimised plan for one fixed input shape.
 
-use crate::models::{ModelError, VerifiedWeights};
+use crate::error::ModelError;
 use std::path::PathBuf;
 use std::sync::Arc;
 use tract_onnx::prelude::*;
@@ -39,23 +39,27 @@ impl std::str::FromStr for Precision {
     }
 }
 
-/// True when this CPU does half-precision arithmetic natively (aarch64 `fphp`/`asimdhp`, which Linux
-/// reports from the CPU's ID registers; qemu reports them for the CPU model it emulates).
+/// True when this CPU does half-precision arithmetic natively (aarch64 `fphp`/`asimdhp`).
 pub fn cpu_has_half_precision() -> bool {
-    #[cfg(target_arch = "aarch64")]
-    {
-        std::arch::is_aarch64_feature_detected!("fp16")
-    }
-    #[cfg(not(target_arch = "aarch64"))]
-    {
-        false
-    }
+    face_edge_kernels::cpu_features().fp16
 }
 
-/// Whether f32 plans use face-edge's convolution and max-pool kernels (crate::kernels). On unless
-/// `FACE_EDGE_KERNELS=tract`, which keeps tract's own: for comparing the two in `face-edge bench`.
-pub fn own_kernels() -> bool {
-    std::env::var("FACE_EDGE_KERNELS").map_or(true, |v| v != "tract")
+/// Which kernels f32 plans run: face-edge's own convolution and max-pool operators (`face-edge-kernels`)
+/// swapped into tract's graph, or tract's alone (for comparing the two in `face-edge bench`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Kernels {
+    #[default]
+    FaceEdge,
+    Tract,
+}
+
+/// Weights as the IO side read them, after it checked them against every checksum of their manifest.
+/// The core never reads files: `path` only names the weights in error messages.
+pub struct VerifiedWeights {
+    pub path: PathBuf,
+    pub bytes: Vec<u8>,
+    /// The sha256 of `bytes`: the gallery keys its store on it and events name the model by it.
+    pub sha256: String,
 }
 
 /// A parsed, not yet specialised ONNX model with the file it came from (for error messages).
@@ -63,10 +67,11 @@ pub fn own_kernels() -> bool {
 pub struct OnnxModel {
     pub path: PathBuf,
     pub model: InferenceModel,
+    kernels: Kernels,
 }
 
 impl OnnxModel {
-    pub fn parse(weights: &VerifiedWeights) -> Result<OnnxModel, ModelError> {
+    pub fn parse(weights: &VerifiedWeights, kernels: Kernels) -> Result<OnnxModel, ModelError> {
         // Exported graphs often annotate intermediate values with a symbolic batch that would clash with the
         // fixed batch of 1 we set; tract infers every shape itself, so those annotations are dropped.
         let onnx = tract_onnx::onnx()
@@ -81,6 +86,7 @@ impl OnnxModel {
         Ok(OnnxModel {
             path: weights.path.clone(),
             model,
+            kernels,
         })
     }
 
@@ -137,16 +143,16 @@ impl OnnxModel {
             .and_then(|m| m.into_typed())
             .map_err(onnx_err)?;
         let typed = match precision {
-            Precision::F32 if own_kernels() => typed
+            Precision::F32 if self.kernels == Kernels::FaceEdge => typed
                 .into_decluttered()
-                .and_then(|mut m| crate::kernels::install(&mut m).map(|_| m))
+                .and_then(|mut m| face_edge_kernels::install(&mut m).map(|_| m))
                 .map_err(onnx_err)?,
             Precision::F32 => typed,
             Precision::F16 => typed
                 .into_decluttered()
                 .and_then(|m| {
                     tract_onnx::tract_core::transform::get_transform("f32_to_f16")?
-                        .ok_or_else(|| anyhow::anyhow!("tract has no f32_to_f16 transform"))?
+                        .ok_or_else(|| TractError::msg("tract has no f32_to_f16 transform"))?
                         .transform_into(m)
                 })
                 .map_err(onnx_err)?,

@@ -1,0 +1,167 @@
+//! face-edge's tract operators, one module each, and what they share: the folded activation
+//! (`Clamp`), the geometry of a 3x3 window (`Window`) and typed access to tensor values.
+
+mod depthwise;
+mod first_layer;
+mod max_pool;
+mod pointwise;
+
+pub(crate) use depthwise::Depthwise3x3;
+pub(crate) use first_layer::*;
+pub(crate) use max_pool::MaxPool2x2;
+pub(crate) use pointwise::*;
+
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::internal::*;
+
+/// The f32 values of a plain tensor.
+pub(crate) fn f32_values(t: &Tensor) -> TractResult<&[f32]> {
+    t.try_as_plain_ram()?.as_slice::<f32>()
+}
+
+/// Bounds every output is clamped to: the activation folded into a kernel (none: infinite bounds).
+/// Compared by bit pattern so that the op can be `Eq`, as tract requires.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Clamp {
+    pub(crate) low: f32,
+    pub(crate) high: f32,
+}
+
+impl Clamp {
+    pub(crate) const NONE: Clamp = Clamp {
+        low: f32::NEG_INFINITY,
+        high: f32::INFINITY,
+    };
+
+    /// max(low, min(high, v)) in the order ONNX Clip and a ReLU followed by a min apply them.
+    #[inline(always)]
+    pub(crate) fn apply(self, v: f32) -> f32 {
+        let v = if v < self.low { self.low } else { v };
+        if v > self.high { self.high } else { v }
+    }
+}
+
+impl PartialEq for Clamp {
+    fn eq(&self, other: &Clamp) -> bool {
+        self.low.to_bits() == other.low.to_bits() && self.high.to_bits() == other.high.to_bits()
+    }
+}
+
+impl Eq for Clamp {}
+
+/// Where a 3x3 window reads: input and output as [N, C, H, W] whatever the layout, the output as the
+/// graph has it, stride and the padding before each axis (the padding after follows from the sizes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Window {
+    pub(crate) input: [usize; 4],
+    pub(crate) output: [usize; 4],
+    pub(crate) output_shape: Vec<usize>,
+    pub(crate) stride: usize,
+    pub(crate) pad_top: usize,
+    pub(crate) pad_left: usize,
+}
+
+impl Window {
+    pub(crate) fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        ensure!(inputs[0].shape.volume() == self.input.iter().product::<usize>().to_dim());
+        Ok(tvec!(f32::fact(&self.output_shape)))
+    }
+
+    /// The padded input extent the outputs read: rows and columns.
+    pub(crate) fn padded_size(&self) -> (usize, usize) {
+        let [_, _, oh, ow] = self.output;
+        ((oh - 1) * self.stride + 3, (ow - 1) * self.stride + 3)
+    }
+
+    /// Values per row of a padded plane: stride 1, the padded columns; stride 2, the even columns
+    /// then the odd ones, each half rounded up.
+    pub(crate) fn padded_row(&self) -> usize {
+        let pw = self.padded_size().1;
+        if self.stride == 1 {
+            pw
+        } else {
+            2 * pw.div_ceil(2)
+        }
+    }
+
+    pub(crate) fn padded_len(&self) -> usize {
+        self.padded_size().0 * self.padded_row()
+    }
+
+    /// Copies one planar channel into `padded` with its zero border (and, for stride 2, its columns
+    /// split into even and odd halves), so that every output row is the same nine-tap sum over
+    /// contiguous slices (`taps`): no edge cases in the loops that compute.
+    pub(crate) fn pad(&self, src: &[f32], padded: &mut [f32]) {
+        let [_, _, h, w] = self.input;
+        let (ph, pw) = self.padded_size();
+        let p = self.pad_left;
+        // Source columns past the padded width are never read.
+        let columns = w.min(pw - p);
+        for (y, out) in padded
+            .chunks_exact_mut(self.padded_row())
+            .take(ph)
+            .enumerate()
+        {
+            out.fill(0.0);
+            let Some(sy) = y.checked_sub(self.pad_top).filter(|&sy| sy < h) else {
+                continue;
+            };
+            let line = &src[sy * w..][..columns];
+            if self.stride == 1 {
+                out[p..p + columns].copy_from_slice(line);
+                continue;
+            }
+            // Source column x lands on padded column x + p: the even ones in the first half (at
+            // (x + p) / 2), the odd ones in the second.
+            let (even, odd) = out.split_at_mut(pw.div_ceil(2));
+            let parity = p % 2;
+            for (slot, &v) in even[(p + parity) / 2..]
+                .iter_mut()
+                .zip(line[parity..].iter().step_by(2))
+            {
+                *slot = v;
+            }
+            for (slot, &v) in odd[p / 2..]
+                .iter_mut()
+                .zip(line[1 - parity..].iter().step_by(2))
+            {
+                *slot = v;
+            }
+        }
+    }
+
+    /// The nine slices of a padded plane whose element x is tap (ky, kx) of output (oy, x).
+    pub(crate) fn taps<'a>(&self, padded: &'a [f32], oy: usize) -> [&'a [f32]; 9] {
+        let row = self.padded_row();
+        let half = self.padded_size().1.div_ceil(2);
+        let line = |ky: usize| &padded[(oy * self.stride + ky) * row..][..row];
+        std::array::from_fn(|t| {
+            let (ky, kx) = (t / 3, t % 3);
+            let start = match (self.stride, kx) {
+                (1, kx) => kx,
+                // Column 2x + kx: kx = 0 -> even[x], 1 -> odd[x], 2 -> even[x + 1].
+                (_, 0) => 0,
+                (_, 1) => half,
+                _ => 1,
+            };
+            &line(ky)[start..]
+        })
+    }
+}
+
+/// The three inputs of a convolution op (data of `data_len` values, kernel, bias) as f32 values.
+pub(crate) fn data_kernel_bias(inputs: &[TValue], data_len: usize) -> TractResult<[&[f32]; 3]> {
+    ensure!(inputs.len() == 3 && inputs[0].len() == data_len);
+    Ok([
+        f32_values(&inputs[0])?,
+        f32_values(&inputs[1])?,
+        f32_values(&inputs[2])?,
+    ])
+}
+
+/// The f32 values of a tensor this module just allocated as f32 (so the unchecked view is its type).
+pub(crate) fn out_values(t: &mut Tensor) -> TractResult<&mut [f32]> {
+    ensure!(t.datum_type() == f32::datum_type());
+    // SAFETY: the datum type was just checked to be f32, the type of the slice.
+    Ok(unsafe { t.as_slice_mut_unchecked::<f32>() })
+}

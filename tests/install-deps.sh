@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs the Debian/Ubuntu packages that building and testing face-edge need, only those missing, so
+# the README's two commands work on a fresh machine with Rust. Uses sudo when not run as root.
+#   tests/install-deps.sh build   libclang (the v4l crate's bindgen) and a C toolchain
+#   tests/install-deps.sh test    build + mosquitto and openssl (the tests start a broker, make certificates)
+#   tests/install-deps.sh ci      test + the aarch64 cross toolchain, qemu, systemd-analyze, python3-venv
+set -euo pipefail
+
+build=(libclang-dev gcc libc6-dev)
+tests=(mosquitto mosquitto-clients openssl)
+ci=(systemd gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static file python3 python3-venv)
+case "${1:-test}" in
+  build) wanted=("${build[@]}") ;;
+  test) wanted=("${build[@]}" "${tests[@]}") ;;
+  ci) wanted=("${build[@]}" "${tests[@]}" "${ci[@]}") ;;
+  *) echo "usage: $0 [build|test|ci]" >&2; exit 2 ;;
+esac
+
+missing=()
+for package in "${wanted[@]}"; do
+  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+if [ "$(id -u)" = 0 ]; then sudo=(); else sudo=(sudo); fi
+echo "installing: ${missing[*]}" >&2
+"${sudo[@]}" apt-get update -qq
+DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
