@@ -47,9 +47,7 @@ impl Payload {
 
 #[derive(Debug, Clone)]
 pub struct Frame {
-    /// Counts frames delivered by this camera since the service started.
-    pub sequence: u64,
-    pub captured: Instant,
+    /// When the frame was captured (wall clock: events carry it).
     pub at: SystemTime,
     pub payload: Payload,
 }
@@ -251,7 +249,6 @@ impl Capture {
 
 fn capture_loop(config: &CameraConfig, index: usize, board: &FrameBoard, stop: &StopSignal) {
     let mut backoff = Backoff::new(Duration::from_secs(30));
-    let mut sequence = 0u64;
     while !stop.is_set() {
         board.set_state(index, CameraState::Opening);
         let error = match open_source(config, stop) {
@@ -266,10 +263,7 @@ fn capture_loop(config: &CameraConfig, index: usize, board: &FrameBoard, stop: &
                     match source.next_frame() {
                         Ok(payload) => {
                             backoff.reset();
-                            sequence += 1;
                             let frame = Frame {
-                                sequence,
-                                captured: Instant::now(),
                                 at: SystemTime::now(),
                                 payload,
                             };

@@ -6,7 +6,7 @@ use image::{Rgb, RgbImage};
 
 /// dst = [a -b; b a] * src + [tx, ty]: rotation with uniform scale, then translation.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Similarity {
+pub(crate) struct Similarity {
     pub a: f64,
     pub b: f64,
     pub tx: f64,
@@ -14,7 +14,9 @@ pub struct Similarity {
 }
 
 impl Similarity {
-    pub fn apply(&self, [x, y]: [f64; 2]) -> [f64; 2] {
+    /// Maps a point (the tests check transforms with it; the warp inlines it).
+    #[cfg(test)]
+    fn apply(&self, [x, y]: [f64; 2]) -> [f64; 2] {
         [
             self.a * x - self.b * y + self.tx,
             self.b * x + self.a * y + self.ty,
@@ -35,16 +37,12 @@ impl Similarity {
             ty: -(b * self.tx + a * self.ty),
         })
     }
-
-    pub fn scale(&self) -> f64 {
-        self.a.hypot(self.b)
-    }
 }
 
 /// Least-squares similarity mapping `src` points onto `dst` points. In 2-D the optimum over rotation and
 /// scale has a closed form: treating points as complex numbers, (a + ib) = sum(conj(p) q) / sum(|p|^2) on
 /// centred points, which is what Umeyama's SVD solution reduces to when reflections are excluded.
-pub fn similarity_from_points(src: &[[f32; 2]], dst: &[[f32; 2]]) -> Option<Similarity> {
+pub(crate) fn similarity_from_points(src: &[[f32; 2]], dst: &[[f32; 2]]) -> Option<Similarity> {
     if src.len() != dst.len() || src.len() < 2 {
         return None;
     }
@@ -88,7 +86,7 @@ const AB_SCALE: f64 = 1024.0;
 /// INTER_LINEAR for 8-bit images: positions rounded to 1/32 px, integer weights summing to 2^15, rounded
 /// result. Matching it keeps crops within a grey level of the reference, which matters for models that
 /// are sensitive to tiny input changes.
-pub fn warp_similarity(
+pub(crate) fn warp_similarity(
     img: &RgbImage,
     to_output: &Similarity,
     out_w: u32,

@@ -321,7 +321,7 @@ impl Detector {
 }
 
 /// Factor (<= 1) applied to a frame before detection so its longer side fits `max_side`.
-pub fn detection_scale(w: u32, h: u32, max_side: u32) -> f32 {
+pub(crate) fn detection_scale(w: u32, h: u32, max_side: u32) -> f32 {
     let longer = w.max(h);
     if max_side == 0 || longer <= max_side {
         1.0
@@ -421,7 +421,7 @@ impl RawStride<'_> {
 }
 
 /// Greedy NMS: highest score first, dropping any box overlapping a kept one by more than `iou`.
-pub fn non_max_suppression(mut faces: Vec<Detection>, iou: f32) -> Vec<Detection> {
+pub(crate) fn non_max_suppression(mut faces: Vec<Detection>, iou: f32) -> Vec<Detection> {
     faces.sort_by(|a, b| b.score.total_cmp(&a.score));
     let mut kept: Vec<Detection> = Vec::with_capacity(faces.len().min(16));
     for f in faces {

@@ -8,9 +8,9 @@ use serde::Serialize;
 /// How far above the most similar pair of *different* enrolled people the calibrated threshold sits.
 /// Strangers resemble enrolled people about as much as enrolled people resemble each other, so the
 /// highest impostor similarity seen inside the gallery is a floor for where strangers begin.
-pub const CALIBRATION_HEADROOM: f32 = 0.1;
+pub(crate) const CALIBRATION_HEADROOM: f32 = 0.1;
 /// The calibrated threshold never exceeds this: above it even good photos of the same person fail.
-pub const CALIBRATION_CEILING: f32 = 0.8;
+pub(crate) const CALIBRATION_CEILING: f32 = 0.8;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct GalleryPerson {

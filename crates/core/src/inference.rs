@@ -64,7 +64,7 @@ pub struct VerifiedWeights {
 
 /// A parsed, not yet specialised ONNX model with the file it came from (for error messages).
 #[derive(Clone)]
-pub struct OnnxModel {
+pub(crate) struct OnnxModel {
     pub path: PathBuf,
     pub model: InferenceModel,
     kernels: Kernels,
@@ -165,7 +165,7 @@ impl OnnxModel {
 }
 
 /// Checks that every concrete declared input dim equals the expected one; symbolic dims pass.
-pub fn check_declared_input(
+pub(crate) fn check_declared_input(
     model: &OnnxModel,
     id: &str,
     expected: &[usize],

@@ -13,7 +13,7 @@ const CELLS_Y: usize = 24;
 
 /// Mean grey level (0..255) of each grid cell of a frame.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Thumbnail {
+pub(crate) struct Thumbnail {
     width: u32,
     height: u32,
     cells: Vec<f32>,
@@ -65,7 +65,7 @@ impl Thumbnail {
 
 /// Remembers the last analysed frame of one camera and says whether a new frame is still the same scene.
 #[derive(Debug, Clone)]
-pub struct StillnessGate {
+pub(crate) struct StillnessGate {
     threshold: f32,
     recheck: Duration,
     last: Option<(Thumbnail, Instant)>,

@@ -42,7 +42,7 @@ struct Track {
 
 /// What the caller should do with one detection of this frame.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Assignment {
+pub(crate) struct Assignment {
     pub detection: usize,
     pub track_id: u64,
     pub embed: bool,
@@ -50,13 +50,13 @@ pub struct Assignment {
 
 /// Why a face was not embedded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Skip {
+pub(crate) enum Skip {
     TooSmall,
     Turned,
 }
 
 /// Checks a face's size and pose from its box and landmarks (blur is checked on the aligned crop).
-pub fn face_quality(d: &Detection, config: &TrackingSettings) -> Result<(), Skip> {
+pub(crate) fn face_quality(d: &Detection, config: &TrackingSettings) -> Result<(), Skip> {
     if d.width().max(d.height()) < config.min_face_px {
         Err(Skip::TooSmall)
     } else if turn(d) > config.max_turn {
@@ -68,7 +68,7 @@ pub fn face_quality(d: &Detection, config: &TrackingSettings) -> Result<(), Skip
 
 /// How far the face is turned: horizontal offset of the nose from the eye midpoint, relative to the
 /// distance between the eyes (0 = frontal, about 0.5 = profile).
-pub fn turn(d: &Detection) -> f32 {
+pub(crate) fn turn(d: &Detection) -> f32 {
     let [le, re, nose, ..] = d.landmarks;
     let eye_distance = ((re[0] - le[0]).powi(2) + (re[1] - le[1]).powi(2))
         .sqrt()
@@ -77,7 +77,7 @@ pub fn turn(d: &Detection) -> f32 {
 }
 
 /// Sharpness of a grey image: variance of its 4-neighbour Laplacian.
-pub fn sharpness(img: &image::RgbImage) -> f32 {
+pub(crate) fn sharpness(img: &image::RgbImage) -> f32 {
     let (w, h) = (img.width() as usize, img.height() as usize);
     if w < 3 || h < 3 {
         return 0.0;
@@ -101,7 +101,7 @@ pub fn sharpness(img: &image::RgbImage) -> f32 {
 }
 
 #[derive(Debug)]
-pub struct Tracker {
+pub(crate) struct Tracker {
     camera: String,
     config: TrackingSettings,
     tracks: Vec<Track>,
