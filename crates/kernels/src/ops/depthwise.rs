@@ -2,7 +2,6 @@
 //! planar or interleaved, with its bias and activation folded.
 
 use super::{Clamp, Window, data_kernel_bias, out_values};
-use crate::cpu;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 
@@ -211,7 +210,7 @@ pub(crate) fn nine_taps(
     clamp: Clamp,
 ) {
     #[cfg(target_arch = "x86_64")]
-    if cpu::features().avx2 {
+    if crate::cpu::features().avx2 {
         // SAFETY: only reached when the CPU reports AVX2.
         return unsafe { nine_taps_avx2(out, sources, k, bias, clamp) };
     }
@@ -264,7 +263,7 @@ pub(crate) fn nine_weighted_taps(
     clamp: Clamp,
 ) {
     #[cfg(target_arch = "x86_64")]
-    if cpu::features().avx2 {
+    if crate::cpu::features().avx2 {
         // SAFETY: only reached when the CPU reports AVX2.
         return unsafe { nine_weighted_taps_avx2(out, sources, weights, bias, clamp) };
     }

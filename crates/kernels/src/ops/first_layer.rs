@@ -1,5 +1,6 @@
 //! The dense 3x3 convolution of a network's first layer (few input channels) as an AVX-512 tile.
 
+#[cfg(target_arch = "x86_64")]
 use super::pointwise::{avx512_available, tile_starts};
 use super::{Clamp, Window, data_kernel_bias, out_values};
 use tract_onnx::prelude::*;
