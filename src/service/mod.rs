@@ -18,11 +18,13 @@ use anyhow::Context;
 use face_edge_core::command::CommandError;
 use serde_json::Value;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::Duration;
-use worker::{Worker, WorkerSetup, WorkerStats};
+use worker::{Control, Worker, WorkerSetup, WorkerStats};
 
 /// Command-line choices that override the config file (or stand in for one).
 #[derive(Debug, Clone, Default)]
@@ -277,7 +279,7 @@ pub fn run(source: ConfigSource) -> Result<Ending, StartupError> {
     let board = frame_board(config.camera.len(), &events);
     let captures = start_captures(&config.camera, &board);
     let stats = Arc::new(Mutex::new(WorkerStats::default()));
-    let mut worker = Worker::new(WorkerSetup {
+    let setup = WorkerSetup {
         config: config.clone(),
         pipeline,
         gallery: loaded.gallery,
@@ -286,13 +288,8 @@ pub fn run(source: ConfigSource) -> Result<Ending, StartupError> {
         topics: topics.clone(),
         stats: stats.clone(),
         events: events.clone(),
-    });
-    worker.announce(loaded.names);
-    let (to_worker, worker_inbox) = mpsc::channel();
-    let worker = std::thread::Builder::new()
-        .name("inference".into())
-        .spawn(move || worker.run(worker_inbox))
-        .map_err(|e| startup(e.into()))?;
+    };
+    let (to_worker, worker) = start_worker(setup, loaded.names).map_err(startup)?;
     let parts = control::Parts {
         source,
         config,
@@ -311,6 +308,20 @@ pub fn run(source: ConfigSource) -> Result<Ending, StartupError> {
     Ok(ending)
 }
 
+/// The inference thread, after it has announced the device with the enrolled people (`names`).
+fn start_worker(
+    setup: WorkerSetup,
+    names: BTreeMap<String, String>,
+) -> anyhow::Result<(Sender<Control>, JoinHandle<()>)> {
+    let mut worker = Worker::new(setup);
+    worker.announce(names);
+    let (to_worker, inbox) = mpsc::channel();
+    let thread = std::thread::Builder::new()
+        .name("inference".into())
+        .spawn(move || worker.run(inbox))?;
+    Ok((to_worker, thread))
+}
+
 /// The MQTT connection, or stdout without a broker.
 fn start_sink(config: &Config, topics: &Topics, events: &Sender<Event>) -> anyhow::Result<Sink> {
     Ok(match &config.mqtt {
@@ -324,4 +335,83 @@ fn start_sink(config: &Config, topics: &Topics, events: &Sender<Event>) -> anyho
             Sink::Stdout
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request() -> Requester {
+        Requester {
+            command: "snapshot".into(),
+            transaction: Some(serde_json::json!(7)),
+        }
+    }
+
+    fn answers(inbox: &std::sync::mpsc::Receiver<Event>) -> Vec<(String, Answer)> {
+        inbox
+            .try_iter()
+            .filter_map(|e| match e {
+                Event::Answered { request, answer } => Some((request.command, answer)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_reply_answers_once() {
+        let (events, inbox) = mpsc::channel();
+        Reply::new(request(), events).send(Ok(serde_json::json!({"camera": "hall"})));
+        let got = answers(&inbox);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].0, "snapshot");
+        assert!(got[0].1.is_ok());
+    }
+
+    #[test]
+    fn a_reply_dropped_unanswered_answers_dropped() {
+        let (events, inbox) = mpsc::channel();
+        drop(Reply::new(request(), events));
+        let got = answers(&inbox);
+        assert_eq!(got.len(), 1);
+        assert_eq!(
+            got[0].1.as_ref().unwrap_err().to_string(),
+            "dropped",
+            "the service would otherwise wait for it forever"
+        );
+    }
+
+    #[test]
+    fn the_files_option_adds_a_typed_files_camera() {
+        let source = ConfigSource {
+            path: None,
+            overrides: Overrides {
+                files: Some("/photos/*.jpg".into()),
+                files_fps: Some(4.0),
+                files_hold: Some(2.0),
+                ..Overrides::default()
+            },
+        };
+        let config = source.load().unwrap();
+        assert_eq!(
+            config.camera,
+            vec![CameraConfig::Files(FilesCamera {
+                name: "files".into(),
+                path: "/photos/*.jpg".into(),
+                looping: false,
+                repeat: 8,
+                fps: 4.0,
+                detect_fps: 4.0,
+            })]
+        );
+        let bad = ConfigSource {
+            path: None,
+            overrides: Overrides {
+                files: Some("x".into()),
+                files_fps: Some(0.0),
+                ..Overrides::default()
+            },
+        };
+        assert!(bad.load().unwrap_err().to_string().contains("--fps"));
+    }
 }
