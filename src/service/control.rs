@@ -346,8 +346,9 @@ impl Service {
             self.parts.board = frame_board(new.camera.len(), &self.parts.events);
             self.parts.captures = start_captures(&new.camera, &self.parts.board);
             self.camera_states = vec![None; new.camera.len()];
-            self.cameras_done = false;
         }
+        // Restarted cameras are not done; the worker reports again once they are.
+        self.cameras_done = false;
         let _ = self.parts.to_worker.send(Control::SetCameras(
             Box::new(new.clone()),
             self.parts.board.clone(),
