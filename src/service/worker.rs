@@ -71,9 +71,9 @@ struct CameraRuntime {
     next_due: Instant,
 }
 
-/// The enrolment in progress: the photos saved so far and who is waiting for the answer.
+/// The enrolment in progress (its camera's recognizer knows whose and how many photos are still
+/// wanted): the photos saved so far and who is waiting for the answer.
 struct PendingEnrolment {
-    camera: String,
     saved: Vec<String>,
     reply: Reply,
 }
@@ -492,7 +492,6 @@ impl Worker {
             .recognizer
             .start_enrolment(&person, frames);
         self.enrolment = Some(PendingEnrolment {
-            camera,
             saved: vec![],
             reply,
         });
@@ -573,12 +572,18 @@ impl Worker {
                     self.publish_event(&e);
                 }
             }
-            if runtime.recognizer.is_enrolling()
-                && let Some(pending) = self.enrolment.take()
-            {
-                pending
-                    .reply
-                    .send(Err(CommandError::NoCamera(pending.camera)));
+            // An enrolment follows its camera when only the camera's settings changed.
+            let Some((person, remaining)) = runtime.recognizer.take_enrolment() else {
+                continue;
+            };
+            let camera = runtime.recognizer.camera().to_string();
+            match cameras.iter_mut().find(|c| c.recognizer.camera() == camera) {
+                Some(restarted) => restarted.recognizer.start_enrolment(&person, remaining),
+                None => {
+                    if let Some(pending) = self.enrolment.take() {
+                        pending.reply.send(Err(CommandError::NoCamera(camera)));
+                    }
+                }
             }
         }
         self.cameras = cameras;

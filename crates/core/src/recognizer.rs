@@ -150,7 +150,13 @@ impl Recognizer {
 
     /// Stops a running enrolment (a photo could not be saved, or the service stops).
     pub fn cancel_enrolment(&mut self) -> bool {
-        self.enrolment.take().is_some()
+        self.take_enrolment().is_some()
+    }
+
+    /// Ends a running enrolment and says whose it was and how many photos it still wanted (to carry it
+    /// over to a restarted camera).
+    pub fn take_enrolment(&mut self) -> Option<(String, usize)> {
+        self.enrolment.take().map(|e| (e.person, e.remaining))
     }
 
     pub fn is_enrolling(&self) -> bool {
@@ -599,6 +605,11 @@ mod tests {
             vec![("ada".to_string(), false), ("ada".to_string(), true)]
         );
         assert!(!scene.recognizer.is_enrolling());
+        scene.recognizer.start_enrolment("ada", 3);
+        assert_eq!(
+            scene.recognizer.take_enrolment(),
+            Some(("ada".to_string(), 3))
+        );
         scene.recognizer.start_enrolment("ada", 3);
         assert!(scene.recognizer.cancel_enrolment());
         assert!(photos(&scene.show(&[at(200.0, STRANGER)], 2, true)).is_empty());
