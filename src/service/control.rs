@@ -198,12 +198,9 @@ impl Service {
     }
 
     fn respond(&self, request: &Requester, answer: Answer) {
-        self.parts.sink.send(events::response(
-            &self.parts.topics,
-            &request.command,
-            request.transaction.as_ref(),
-            answer.map_err(|e| e.to_string()),
-        ));
+        self.parts
+            .sink
+            .send(response(&self.parts.topics, request, answer));
     }
 
     /// A reply handle for `request`, counted until it is answered.
@@ -368,12 +365,7 @@ impl Service {
         let _ = parts.worker.join();
         for event in inbox.try_iter() {
             if let Event::Answered { request, answer } = event {
-                parts.sink.send(events::response(
-                    &parts.topics,
-                    &request.command,
-                    request.transaction.as_ref(),
-                    answer.map_err(|e| e.to_string()),
-                ));
+                parts.sink.send(response(&parts.topics, &request, answer));
             }
         }
         match Arc::try_unwrap(parts.sink) {
@@ -381,4 +373,14 @@ impl Service {
             Err(_) => log::warn!("events still referenced at shutdown; not flushed"),
         }
     }
+}
+
+/// The message on `response/<command>` that answers `request`.
+fn response(topics: &Topics, request: &Requester, answer: Answer) -> Message {
+    events::response(
+        topics,
+        &request.command,
+        request.transaction.as_ref(),
+        answer.map_err(|e| e.to_string()),
+    )
 }
