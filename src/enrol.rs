@@ -2,9 +2,10 @@
 //! store. `sync` embeds only images whose content it has not seen under the same model and settings,
 //! drops people and images that left the configuration, and rewrites the store atomically.
 
-use crate::config::{Config, EnrolPolicy, ThresholdSetting, is_valid_person_id};
+use crate::config::{Config, EnrolPolicy, ThresholdSetting};
 use crate::detect::main_face;
-use crate::gallery::{Gallery, GalleryPerson};
+use crate::gallery::person_id_from_folder;
+use crate::gallery::{Gallery, GalleryPerson, StrangerModel};
 use crate::image_io::{decode_rgb, expand_inputs, has_image_extension};
 use crate::pipeline::FacePipeline;
 use crate::store::{
@@ -33,6 +34,23 @@ pub struct GallerySources {
     pub warnings: Vec<String>,
 }
 
+/// Two folders of one gallery directory that become the same person id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{} and {} both become person id {id:?}; rename one", first.display(), second.display())]
+pub struct IdCollision {
+    pub first: PathBuf,
+    pub second: PathBuf,
+    pub id: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GalleryError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("gallery: {0}")]
+    Collision(#[from] IdCollision),
+}
+
 /// Photos taken by the MQTT `enroll` command live in the state directory, as a gallery directory of
 /// their own.
 pub fn enrolled_dir(state_dir: &Path) -> PathBuf {
@@ -40,7 +58,8 @@ pub fn enrolled_dir(state_dir: &Path) -> PathBuf {
 }
 
 /// Reads the gallery directory and the `[[person]]` entries (globs expanded, sorted, de-duplicated).
-pub fn collect_sources(config: &Config) -> GallerySources {
+/// A folder's person id is `person_id_from_folder` of its name and its display name the folder name.
+pub fn collect_sources(config: &Config) -> Result<GallerySources, IdCollision> {
     let mut out = GallerySources::default();
     let mut people: BTreeMap<String, PersonSource> = BTreeMap::new();
     // The configured gallery directory, then photos taken by the `enroll` command.
@@ -52,39 +71,49 @@ pub fn collect_sources(config: &Config) -> GallerySources {
         .cloned()
         .chain(enrolled.is_dir().then_some(enrolled));
     for dir in dirs {
-        match std::fs::read_dir(&dir) {
-            Err(e) => out.warnings.push(format!(
-                "{}: gallery directory unreadable: {e}",
-                dir.display()
-            )),
-            Ok(entries) => {
-                let mut dirs: Vec<PathBuf> = entries
-                    .flatten()
-                    .map(|e| e.path())
-                    .filter(|p| p.is_dir())
-                    .collect();
-                dirs.sort();
-                for d in dirs {
-                    let id = d
-                        .file_name()
-                        .map(|n| n.to_string_lossy().into_owned())
-                        .unwrap_or_default();
-                    if !is_valid_person_id(&id) {
-                        out.warnings.push(format!(
-                            "{}: skipped: folder name {id:?} is not a valid person id (lowercase letters, digits, '_' or '-')",
-                            d.display()
-                        ));
-                        continue;
-                    }
-                    let images = expand_inputs(std::slice::from_ref(&d));
-                    let entry = people.entry(id.clone()).or_insert_with(|| PersonSource {
-                        name: id.clone(),
-                        id,
-                        images: vec![],
-                    });
-                    entry.images.extend(images);
-                }
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) => {
+                out.warnings.push(format!(
+                    "{}: gallery directory unreadable: {e}",
+                    dir.display()
+                ));
+                continue;
             }
+        };
+        let mut folders: Vec<PathBuf> = entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.is_dir())
+            .collect();
+        folders.sort();
+        let mut seen: BTreeMap<String, PathBuf> = BTreeMap::new();
+        for folder in folders {
+            let name = folder
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let Some(id) = person_id_from_folder(&name) else {
+                out.warnings.push(format!(
+                    "{}: skipped: the folder name {name:?} gives no person id (it needs a letter or digit)",
+                    folder.display()
+                ));
+                continue;
+            };
+            if let Some(first) = seen.insert(id.clone(), folder.clone()) {
+                return Err(IdCollision {
+                    first,
+                    second: folder,
+                    id,
+                });
+            }
+            let images = expand_inputs(std::slice::from_ref(&folder));
+            let entry = people.entry(id.clone()).or_insert_with(|| PersonSource {
+                name,
+                id,
+                images: vec![],
+            });
+            entry.images.extend(images);
         }
     }
     for p in &config.person {
@@ -114,7 +143,7 @@ pub fn collect_sources(config: &Config) -> GallerySources {
         }
         out.people.push(p);
     }
-    out
+    Ok(out)
 }
 
 fn expand_pattern(pattern: &str) -> Vec<PathBuf> {
@@ -208,7 +237,19 @@ pub fn sync(
     state_dir: &Path,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<(StoreData, SyncReport), StoreError> {
-    let _lock = store::lock(state_dir)?;
+    // A state directory this process cannot write (read-only media, another user's): work in memory
+    // from the store as it is, without writing it.
+    let lock = match store::lock(state_dir) {
+        Ok(lock) => Some(lock),
+        Err(StoreError::Io { path, cause }) if is_read_only(&cause) => {
+            log::warn!(
+                "{}: {cause}; the gallery store is used read-only and not updated",
+                path.display()
+            );
+            None
+        }
+        Err(e) => return Err(e),
+    };
     let key = store_key(pipeline, policy);
     let mut report = SyncReport::default();
     let previous = load_previous(state_dir, &key, &mut report)?;
@@ -250,11 +291,16 @@ pub fn sync(
         people,
     };
     let unchanged = report.rebuilt.is_none() && previous.as_ref() == Some(&data);
-    if !unchanged {
+    if !unchanged && lock.is_some() {
         store::save(state_dir, &data)?;
         report.written = true;
     }
     Ok((data, report))
+}
+
+fn is_read_only(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{PermissionDenied, ReadOnlyFilesystem};
+    matches!(e.kind(), PermissionDenied | ReadOnlyFilesystem)
 }
 
 /// The store as it is, if any; a corrupt one is dropped (and rebuilt), and one made under another key
@@ -344,7 +390,7 @@ fn count_removed(old: &StoreData, people: &[StoredPerson], report: &mut SyncRepo
 }
 
 /// The matcher for a store: every accepted embedding, the threshold from config or calibration.
-pub fn gallery_from_store(data: &StoreData, model_default: f32, config: &Config) -> Gallery {
+pub fn gallery_from_store(data: &StoreData, model: StrangerModel, config: &Config) -> Gallery {
     let people = data
         .people
         .iter()
@@ -363,7 +409,7 @@ pub fn gallery_from_store(data: &StoreData, model_default: f32, config: &Config)
         ThresholdSetting::Fixed(t) => Some(t),
         ThresholdSetting::Auto => None,
     };
-    Gallery::new(people, model_default, fixed, config.gallery.margin)
+    Gallery::new(people, model, fixed, config.gallery.margin)
 }
 
 /// The gallery the service matches against, with the display names and what the sync did.
@@ -379,8 +425,8 @@ pub struct LoadedGallery {
 pub fn load_gallery(
     config: &Config,
     pipeline: &mut FacePipeline,
-) -> Result<LoadedGallery, StoreError> {
-    let sources = collect_sources(config);
+) -> Result<LoadedGallery, GalleryError> {
+    let sources = collect_sources(config)?;
     for w in &sources.warnings {
         log::warn!("{w}");
     }
@@ -394,7 +440,11 @@ pub fn load_gallery(
     for (person, path, reason) in &report.rejected {
         log::warn!("{path}: not enrolled for {person}: {reason}");
     }
-    let gallery = gallery_from_store(&data, pipeline.embedder.spec().output.threshold, config);
+    let gallery = gallery_from_store(
+        &data,
+        pipeline.embedder.spec().output.stranger_model(),
+        config,
+    );
     let names = data
         .people
         .iter()

@@ -12,7 +12,10 @@ pub const MAX_SIDE: u32 = 16_384;
 pub const MAX_ALLOC: u64 = 1 << 30;
 
 /// File extensions treated as images when walking directories (explicit files are always tried).
-const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png"];
+/// HEIC/HEIF are listed so that a gallery folder's iPhone photos are reported, not silently skipped.
+const IMAGE_EXTENSIONS: &[&str] = &[
+    "jpg", "jpeg", "png", "tif", "tiff", "webp", "bmp", "heic", "heif",
+];
 
 #[derive(Debug, thiserror::Error)]
 #[error("{}: {cause}", path.display())]
@@ -44,7 +47,8 @@ pub fn load_rgb(path: &Path) -> Result<RgbImage, ImageLoadError> {
     decode_rgb(&bytes).map_err(err)
 }
 
-/// Decodes JPEG or PNG bytes (sniffed from content, never from a file name) into 8-bit RGB.
+/// Decodes JPEG, PNG, TIFF, WebP or BMP bytes (sniffed from content, never from a file name) into
+/// 8-bit RGB.
 pub fn decode_rgb(bytes: &[u8]) -> Result<RgbImage, String> {
     let format = sniff(bytes)?;
     if format == ImageFormat::Jpeg && !jpeg_is_complete(bytes) {
@@ -69,15 +73,29 @@ pub fn decode_rgb(bytes: &[u8]) -> Result<RgbImage, String> {
 }
 
 fn sniff(bytes: &[u8]) -> Result<ImageFormat, String> {
+    const KINDS: &str = "not a JPEG, PNG, TIFF, WebP or BMP image";
     if bytes.is_empty() {
-        return Err("not a JPEG or PNG image (empty file)".to_string());
+        return Err(format!("{KINDS} (empty file)"));
     }
+    let head = |n: usize| bytes.get(..n).unwrap_or_default();
     if bytes.starts_with(&[0xff, 0xd8, 0xff]) {
         Ok(ImageFormat::Jpeg)
     } else if bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
         Ok(ImageFormat::Png)
+    } else if bytes.starts_with(b"II*\0") || bytes.starts_with(b"MM\0*") {
+        Ok(ImageFormat::Tiff)
+    } else if bytes.starts_with(b"RIFF") && bytes.get(8..12) == Some(b"WEBP") {
+        Ok(ImageFormat::WebP)
+    } else if bytes.starts_with(b"BM") && head(14).len() == 14 {
+        Ok(ImageFormat::Bmp)
+    } else if bytes.get(4..8) == Some(b"ftyp") {
+        // HEIC/HEIF (iPhone photos) and AVIF: patented codecs this build does not carry.
+        Err(
+            "a HEIC/HEIF or AVIF photo, which face-edge does not read: convert it to JPEG"
+                .to_string(),
+        )
     } else {
-        Err("not a JPEG or PNG image (unrecognised content)".to_string())
+        Err(format!("{KINDS} (unrecognised content)"))
     }
 }
 
@@ -153,8 +171,24 @@ mod tests {
         assert!(
             sniff(b"GIF89a....")
                 .unwrap_err()
-                .contains("not a JPEG or PNG")
+                .contains("not a JPEG, PNG, TIFF, WebP or BMP")
         );
         assert!(sniff(b"").unwrap_err().contains("empty"));
+        let heic = b"\0\0\0\x18ftypheic\0\0\0\0mif1heic";
+        assert!(sniff(heic).unwrap_err().contains("convert it to JPEG"));
+    }
+
+    #[test]
+    fn tiff_webp_and_bmp_decode_to_the_same_pixels_as_png() {
+        let img =
+            image::RgbImage::from_fn(24, 16, |x, y| image::Rgb([x as u8 * 10, y as u8 * 15, 77]));
+        for format in [ImageFormat::Tiff, ImageFormat::WebP, ImageFormat::Bmp] {
+            let mut bytes = Vec::new();
+            image::DynamicImage::ImageRgb8(img.clone())
+                .write_to(&mut Cursor::new(&mut bytes), format)
+                .unwrap();
+            assert_eq!(sniff(&bytes), Ok(format));
+            assert_eq!(decode_rgb(&bytes).unwrap(), img, "{format:?} is lossless");
+        }
     }
 }

@@ -78,10 +78,10 @@ pub enum CatalogError {
         expected: String,
         actual: String,
     },
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {cause}", path.display())]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("model {id:?} has no download URL in its manifest; copy {weights} into {} yourself", dir.display())]
     NoUrl {
@@ -102,9 +102,9 @@ pub enum CatalogError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CatalogError + '_ {
-    move |source| CatalogError::Io {
+    move |cause| CatalogError::Io {
         path: path.to_path_buf(),
-        source,
+        cause,
     }
 }
 

@@ -8,6 +8,8 @@
 use crate::config::MqttConfig;
 use crate::events::{Message, MessageKind, Request, Topics, parse_request};
 use crate::outbox::Outbox;
+use face_edge_core::authorise::{MAX_REQUEST_BYTES, RequestToken};
+use face_edge_core::command::CommandError;
 use rumqttc::{
     Client, ConnectReturnCode, Connection, ConnectionError, Event, LastWill, MqttOptions, Outgoing,
     Packet, QoS, RecvTimeoutError, TlsConfiguration, Transport,
@@ -81,31 +83,59 @@ pub struct Publisher {
 }
 
 /// Reads the broker password: the configured file, else systemd's credential `mqtt-password`; an empty
-/// file means no password (the package installs one so the unit's LoadCredential= finds it). Warns when
-/// the file is readable by other users.
+/// file means no password (the package installs one so the unit's LoadCredential= finds it).
 pub fn read_password(config: &MqttConfig) -> Result<Option<String>, MqttError> {
-    let path = match &config.password_file {
-        Some(p) => p.clone(),
-        None => match std::env::var_os("CREDENTIALS_DIRECTORY") {
-            Some(dir) if Path::new(&dir).join("mqtt-password").exists() => {
-                Path::new(&dir).join("mqtt-password")
-            }
-            _ => return Ok(None),
-        },
+    read_secret(
+        config.password_file.as_deref(),
+        "mqtt-password",
+        "password file",
+    )
+}
+
+/// Reads the token requests must carry: `[mqtt.requests] token_file`, else systemd's credential
+/// `request-token`. None (and every request refused) when neither exists or the file is empty.
+pub fn read_request_token(config: &MqttConfig) -> Result<Option<RequestToken>, MqttError> {
+    let file = config.requests.token_file.as_deref();
+    let Some(secret) = read_secret(file, "request-token", "request token file")? else {
+        return Ok(None);
+    };
+    let path = file.map_or_else(|| credential("request-token"), Path::to_path_buf);
+    RequestToken::new(secret.trim())
+        .map(Some)
+        .map_err(|e| MqttError::File {
+            path,
+            message: e.to_string(),
+        })
+}
+
+fn credential(name: &str) -> PathBuf {
+    Path::new(&std::env::var_os("CREDENTIALS_DIRECTORY").unwrap_or_default()).join(name)
+}
+
+/// The first line of `file`, else of systemd's credential `name` when it exists. Warns when the file
+/// is readable by other users.
+fn read_secret(file: Option<&Path>, name: &str, what: &str) -> Result<Option<String>, MqttError> {
+    let path = match file {
+        Some(p) => p.to_path_buf(),
+        None if std::env::var_os("CREDENTIALS_DIRECTORY").is_some()
+            && credential(name).exists() =>
+        {
+            credential(name)
+        }
+        None => return Ok(None),
     };
     let file_err = |message: String| MqttError::File {
         path: path.clone(),
         message,
     };
-    let meta = std::fs::metadata(&path).map_err(|e| file_err(format!("password file: {e}")))?;
+    let meta = std::fs::metadata(&path).map_err(|e| file_err(format!("{what}: {e}")))?;
     if std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o004 != 0 {
         log::warn!(
-            "{}: the MQTT password file is readable by every user; chmod 600 it",
+            "{}: the {what} is readable by every user; chmod 600 it",
             path.display()
         );
     }
-    let text =
-        std::fs::read_to_string(&path).map_err(|e| file_err(format!("password file: {e}")))?;
+    let text = std::fs::read_to_string(&path).map_err(|e| file_err(format!("{what}: {e}")))?;
     Ok(text
         .lines()
         .next()
@@ -379,7 +409,7 @@ impl Link {
             Event::Incoming(Packet::PubAck(ack)) => {
                 self.outbox.acknowledged(ack.pkid);
             }
-            Event::Incoming(Packet::Publish(p)) => self.on_publish(&p.topic, &p.payload),
+            Event::Incoming(Packet::Publish(p)) => self.on_publish(&p.topic, &p.payload, p.retain),
             _ => {}
         }
     }
@@ -416,18 +446,30 @@ impl Link {
         }
     }
 
-    fn on_publish(&mut self, topic: &str, payload: &[u8]) {
+    fn on_publish(&mut self, topic: &str, payload: &[u8], retained: bool) {
         if topic == self.topics.ha_status() {
             if payload == b"online" {
                 self.incoming.handle(Incoming::HomeAssistantOnline);
             }
         } else if let Some(command) = self.topics.request_command(topic) {
-            let message = match parse_request(command, payload) {
-                Ok(r) => Incoming::Request(r),
-                Err(error) => Incoming::BadRequest {
-                    command: command.to_string(),
-                    error,
-                },
+            let bad = |error: CommandError| Incoming::BadRequest {
+                command: command.to_string(),
+                error: error.to_string(),
+            };
+            // The broker marks a message retained only when it replays a stored one to a new
+            // subscription, i.e. at every (re)connect: running it would repeat it each time.
+            let message = if retained {
+                bad(CommandError::Retained)
+            } else if payload.len() > MAX_REQUEST_BYTES {
+                bad(CommandError::TooLarge(payload.len()))
+            } else {
+                match parse_request(command, payload) {
+                    Ok(r) => Incoming::Request(r),
+                    Err(error) => Incoming::BadRequest {
+                        command: command.to_string(),
+                        error,
+                    },
+                }
             };
             self.incoming.handle(message);
         }

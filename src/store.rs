@@ -15,10 +15,12 @@ pub const STORE_VERSION: u32 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("{}: {source}", path.display())]
+    // The io::Error is a `cause`, not a `source`: the message already shows it, and a source would be
+    // printed a second time by `{:#}`.
+    #[error("{}: {cause}", path.display())]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{}: corrupt store ({reason})", path.display())]
     Corrupt { path: PathBuf, reason: String },
@@ -83,7 +85,7 @@ pub fn load(state_dir: &Path) -> Result<Option<StoreData>, StoreError> {
     let bytes = match std::fs::read(&path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => return Err(StoreError::Io { path, source }),
+        Err(cause) => return Err(StoreError::Io { path, cause }),
     };
     decode(&bytes)
         .map(Some)
@@ -147,7 +149,7 @@ pub fn save(state_dir: &Path, data: &StoreData) -> Result<(), StoreError> {
 pub fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
-        move |source| StoreError::Io { path, source }
+        move |cause| StoreError::Io { path, cause }
     };
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let final_path = dir.join(name);
@@ -198,13 +200,13 @@ pub struct StoreLock(#[allow(dead_code)] File);
 
 pub fn lock(state_dir: &Path) -> Result<StoreLock, StoreError> {
     let path = state_dir.join(LOCK_FILE);
-    let io = |source| StoreError::Io {
+    let io = |cause| StoreError::Io {
         path: path.clone(),
-        source,
+        cause,
     };
-    std::fs::create_dir_all(state_dir).map_err(|source| StoreError::Io {
+    std::fs::create_dir_all(state_dir).map_err(|cause| StoreError::Io {
         path: state_dir.to_path_buf(),
-        source,
+        cause,
     })?;
     let file = OpenOptions::new()
         .write(true)

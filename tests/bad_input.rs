@@ -114,8 +114,8 @@ fn each_bad_file_is_one_named_error_and_the_rest_is_processed() {
     expect("missing.jpg", "no such file");
     expect("truncated.jpg", "truncated");
     expect("cut.png", "corrupt or truncated");
-    expect("notes.jpg", "not a jpeg or png");
-    expect("empty.png", "not a jpeg or png");
+    expect("notes.jpg", "not a jpeg, png, tiff, webp or bmp");
+    expect("empty.png", "not a jpeg, png, tiff, webp or bmp");
     expect("huge.png", "too large");
     expect("no_face.png", "no face");
 }

@@ -3,10 +3,13 @@
 
 mod common;
 
-use common::broker::{Mosquitto, Received, Subscriber, send_signal};
-use common::scene::{THREE_VISITS, config, events, pair, three_visits_expected, write_frames};
+use common::broker::{Mosquitto, Subscriber, send_signal};
+use common::scene::{
+    REQUEST_TOKEN, THREE_VISITS, add_to_mqtt, config, events, pair, three_visits_expected,
+    write_frames,
+};
 use common::{TempDir, data, face_edge, patience, slowdown};
-use serde_json::Value;
+use serde_json::{Value, json};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
@@ -320,46 +323,82 @@ fn watchdog_is_fed_only_while_frames_flow() {
     assert!(stderr.contains("pipeline stalled"), "{stderr}");
 }
 
+/// Publishes a request carrying the configured token (or `token`, when given) and a transaction id.
+fn request(sub: &Subscriber, command: &str, body: Value, token: Option<&str>, transaction: &str) {
+    let mut body = body;
+    body["transaction"] = transaction.into();
+    body["token"] = token.unwrap_or(REQUEST_TOKEN).into();
+    if token == Some("") {
+        body.as_object_mut().unwrap().remove("token");
+    }
+    sub.publish(
+        &format!("face-edge/e2e/request/{command}"),
+        &body.to_string(),
+        false,
+    );
+}
+
+/// Waits for the response to `transaction` on `response/<command>` and returns it.
+fn response(sub: &Subscriber, command: &str, transaction: &str, secs: u64) -> Value {
+    let topic = format!("face-edge/e2e/response/{command}");
+    let all = sub.wait_for(
+        &format!("{command} response {transaction}"),
+        patience(secs),
+        |all| {
+            all.iter()
+                .any(|m| m.topic == topic && m.json()["transaction"] == transaction)
+        },
+    );
+    all.iter()
+        .rfind(|m| m.topic == topic && m.json()["transaction"] == transaction)
+        .unwrap()
+        .json()
+}
+
+/// Every file under `dir` with its bytes (what a refused request must leave as it was).
+fn files_under(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut out: Vec<_> = walk(dir)
+        .into_iter()
+        .map(|p| {
+            let bytes = std::fs::read(&p).unwrap();
+            (p, bytes)
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = vec![];
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
 #[test]
 fn mqtt_requests_enroll_snapshot_and_reload() {
     let broker = Mosquitto::start("");
     let sub = Subscriber::start(broker.port, "#");
     let dir = TempDir::new("requests");
     let (people, cfg) = stranger_in_the_hall(&dir, &broker);
+    add_to_mqtt(&cfg, "snapshots = true");
     let child = start(&cfg);
     sub.wait_for("the stranger", patience(30), |all| {
         events(all).contains(&pair("unknown", None))
     });
 
-    let response = |command: &str, transaction: &str| {
-        let topic = format!("face-edge/e2e/response/{command}");
-        let transaction = transaction.to_string();
-        move |all: &[Received]| {
-            all.iter()
-                .any(|m| m.topic == topic && m.json()["transaction"] == transaction.as_str())
-        }
-    };
-    let find = |all: &[Received], command: &str| {
-        all.iter()
-            .rfind(|m| m.topic == format!("face-edge/e2e/response/{command}"))
-            .unwrap()
-            .json()
-    };
-
-    // The last face crop of the camera, on request (snapshots are off in the config).
-    sub.publish(
-        "face-edge/e2e/request/snapshot",
-        r#"{"camera": "hall", "transaction": "s1"}"#,
-        false,
-    );
-    let all = sub.wait_for(
-        "snapshot response",
-        patience(20),
-        response("snapshot", "s1"),
-    );
-    assert_eq!(find(&all, "snapshot")["status"], "ok");
-    let jpeg = all
-        .iter()
+    // The last face crop of the camera, on request.
+    request(&sub, "snapshot", json!({"camera": "hall"}), None, "s1");
+    assert_eq!(response(&sub, "snapshot", "s1", 20)["status"], "ok");
+    let jpeg = sub
+        .all()
+        .into_iter()
         .rfind(|m| m.topic == "face-edge/e2e/cam/hall/snapshot")
         .expect("snapshot published");
     let crop = image::load_from_memory(&jpeg.payload).unwrap();
@@ -370,64 +409,265 @@ fn mqtt_requests_enroll_snapshot_and_reload() {
     );
 
     // Errors are answered, not ignored.
-    sub.publish(
-        "face-edge/e2e/request/enroll",
-        r#"{"person": "Kit!", "transaction": "bad"}"#,
-        false,
+    request(&sub, "enroll", json!({"person": "Kit!"}), None, "bad");
+    assert_eq!(response(&sub, "enroll", "bad", 20)["status"], "error");
+    request(&sub, "dance", json!({}), None, "d");
+    let dance = response(&sub, "dance", "d", 20);
+    assert!(dance["error"].as_str().unwrap().contains("unknown command"));
+
+    // The stranger's frames may not be added to obama: refused, nothing saved.
+    request(
+        &sub,
+        "enroll",
+        json!({"person": "obama", "camera": "hall", "frames": 2}),
+        None,
+        "poison",
     );
-    let all = sub.wait_for("enroll error", patience(20), response("enroll", "bad"));
-    assert_eq!(find(&all, "enroll")["status"], "error");
-    sub.publish(
-        "face-edge/e2e/request/dance",
-        r#"{"transaction": "d"}"#,
-        false,
-    );
-    let all = sub.wait_for("unknown command", patience(20), response("dance", "d"));
+    let refused = response(&sub, "enroll", "poison", 60);
+    assert_eq!(refused["status"], "error", "{refused}");
     assert!(
-        find(&all, "dance")["error"]
+        refused["error"]
             .as_str()
             .unwrap()
-            .contains("unknown command")
+            .contains("does not match obama"),
+        "{refused}"
     );
+    assert!(!dir.path("state/enrolled/obama").exists());
 
-    // Enrol the stranger from the camera: photos are saved, the gallery re-synced, and the open track
-    // is recognised from then on.
-    sub.publish(
-        "face-edge/e2e/request/enroll",
-        r#"{"person": "kit_harington", "camera": "hall", "frames": 3, "transaction": "e1"}"#,
-        false,
+    // Enrol the stranger from the camera: photos are saved (readable by the service only), the
+    // gallery re-synced, and the open track is recognised from then on.
+    request(
+        &sub,
+        "enroll",
+        json!({"person": "kit_harington", "camera": "hall", "frames": 3}),
+        None,
+        "e1",
     );
-    let all = sub.wait_for("enroll response", patience(60), response("enroll", "e1"));
-    let enrolled = find(&all, "enroll");
+    let enrolled = response(&sub, "enroll", "e1", 60);
     assert_eq!(enrolled["status"], "ok", "{enrolled}");
     assert_eq!(enrolled["data"]["photos"].as_array().unwrap().len(), 3);
-    assert!(
-        dir.path("state/enrolled/kit_harington")
-            .read_dir()
-            .unwrap()
-            .count()
-            == 3
-    );
+    let photos: Vec<_> = dir
+        .path("state/enrolled/kit_harington")
+        .read_dir()
+        .unwrap()
+        .flatten()
+        .collect();
+    assert_eq!(photos.len(), 3);
+    for photo in &photos {
+        let mode =
+            std::os::unix::fs::PermissionsExt::mode(&photo.metadata().unwrap().permissions());
+        assert_eq!(mode & 0o777, 0o600, "{:?}", photo.path());
+    }
     sub.wait_for("recognized after enrolment", patience(30), |all| {
         events(all).contains(&pair("recognized", Some("kit_harington")))
     });
 
     // reload_gallery re-reads the configuration: removing obama's folder forgets him.
     std::fs::remove_dir_all(people.join("obama")).unwrap();
+    request(&sub, "reload_gallery", json!({}), None, "r1");
+    let reloaded = response(&sub, "reload_gallery", "r1", 30);
+    assert_eq!(reloaded["status"], "ok");
+    assert_eq!(reloaded["data"]["forgotten"], json!(["obama"]));
+    assert_eq!(reloaded["data"]["people"], 1);
+    send_signal(child.id(), "TERM");
+    stderr_of(child);
+}
+
+#[test]
+fn requests_without_the_token_retained_or_turned_off_change_nothing() {
+    let broker = Mosquitto::start("");
+    let sub = Subscriber::start(broker.port, "#");
+    let dir = TempDir::new("unauthorised");
+    let (_, cfg) = stranger_in_the_hall(&dir, &broker);
+    // The shipped default: enrolment off (snapshots are off too).
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, text.replace("enroll = true", "enroll = false")).unwrap();
+    // A retained request waiting on the broker, with the right token: delivered at connection, never run.
+    let retained = json!({"token": REQUEST_TOKEN, "transaction": "kept"}).to_string();
+    sub.publish("face-edge/e2e/request/reload_gallery", &retained, true);
+    let child = start(&cfg);
+    sub.wait_for("the stranger", patience(30), |all| {
+        events(all).contains(&pair("unknown", None))
+    });
+    let refused = sub.wait_for("the retained request refused", patience(10), |all| {
+        all.iter()
+            .any(|m| m.topic == "face-edge/e2e/response/reload_gallery")
+    });
+    let refused = refused
+        .iter()
+        .find(|m| m.topic == "face-edge/e2e/response/reload_gallery")
+        .unwrap()
+        .json();
+    assert!(
+        refused["error"]
+            .as_str()
+            .unwrap()
+            .contains("retained request is never run"),
+        "{refused}"
+    );
+    let state = dir.path("state");
+    let before = files_under(&state);
+    assert!(before.iter().any(|(p, _)| p.ends_with("gallery.json")));
+
+    // No token, a wrong one, a token of the wrong type: refused, whatever the command.
+    let cases = [
+        (
+            "enroll",
+            json!({"person": "kit_harington", "frames": 1}),
+            Some(""),
+            "t1",
+        ),
+        (
+            "enroll",
+            json!({"person": "kit_harington", "frames": 1}),
+            Some("guess-guess-guess-1"),
+            "t2",
+        ),
+        ("snapshot", json!({"camera": "hall"}), Some("x"), "t3"),
+        ("reload_gallery", json!({}), Some(""), "t4"),
+    ];
+    for (command, body, token, transaction) in cases {
+        request(&sub, command, body, token, transaction);
+        let answer = response(&sub, command, transaction, 20);
+        assert_eq!(answer["status"], "error", "{answer}");
+        let error = answer["error"].as_str().unwrap();
+        assert!(error.starts_with("not authorised"), "{error}");
+        assert!(
+            !error.contains("guess"),
+            "the token is never echoed: {error}"
+        );
+    }
+    let mut body = json!({"token": REQUEST_TOKEN, "transaction": "big"});
+    body["padding"] = "x".repeat(5000).into();
     sub.publish(
         "face-edge/e2e/request/reload_gallery",
-        r#"{"transaction": "r1"}"#,
+        &body.to_string(),
         false,
     );
-    let all = sub.wait_for(
-        "reload response",
-        patience(30),
-        response("reload_gallery", "r1"),
+    sub.wait_for("the oversized request refused", patience(20), |all| {
+        all.iter().any(|m| {
+            m.topic == "face-edge/e2e/response/reload_gallery"
+                && m.json()["error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("at most 4096"))
+        })
+    });
+    // Authorised, but turned off in the configuration; snapshots off: nothing published.
+    request(
+        &sub,
+        "enroll",
+        json!({"person": "kit_harington", "frames": 1}),
+        None,
+        "off",
     );
-    let reloaded = find(&all, "reload_gallery");
-    assert_eq!(reloaded["status"], "ok");
-    assert_eq!(reloaded["data"]["forgotten"], serde_json::json!(["obama"]));
-    assert_eq!(reloaded["data"]["people"], 1);
+    let off = response(&sub, "enroll", "off", 20);
+    assert!(
+        off["error"].as_str().unwrap().contains("turned off"),
+        "{off}"
+    );
+    request(&sub, "snapshot", json!({"camera": "hall"}), None, "snap");
+    let snap = response(&sub, "snapshot", "snap", 20);
+    assert!(
+        snap["error"]
+            .as_str()
+            .unwrap()
+            .contains("snapshots are off"),
+        "{snap}"
+    );
+    assert!(sub.on("face-edge/e2e/cam/hall/snapshot").is_empty());
+    // Nothing in the state directory changed (store bytes, photos).
+    assert_eq!(files_under(&state), before);
+    // An authorised request that is turned on works.
+    request(&sub, "reload_gallery", json!({}), None, "ok");
+    assert_eq!(response(&sub, "reload_gallery", "ok", 30)["status"], "ok");
+    send_signal(child.id(), "TERM");
+    let stderr = stderr_of(child);
+    assert!(
+        stderr.contains("request \"enroll\" refused: not authorised"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("guess-guess"), "the token is never logged");
+    assert!(!stderr.contains(REQUEST_TOKEN), "the token is never logged");
+}
+
+#[test]
+fn enrolments_of_two_people_or_of_nobody_save_nothing() {
+    let broker = Mosquitto::start("");
+    let sub = Subscriber::start(broker.port, "#");
+    let dir = TempDir::new("enrol-guards");
+    let people = dir.path("people");
+    std::fs::create_dir_all(people.join("obama")).unwrap();
+    std::fs::copy(
+        gallery().join("obama/obama.jpg"),
+        people.join("obama/obama.jpg"),
+    )
+    .unwrap();
+    // "door": one person at a time, but two different people taking turns; "attic": nobody.
+    let door = write_frames(
+        &dir,
+        &[
+            (Some("probes/johnsnow_test1.jpg"), 3),
+            (Some("probes/lin-manuel-miranda.png"), 3),
+        ],
+    );
+    let attic = dir.path("attic");
+    std::fs::create_dir_all(&attic).unwrap();
+    common::scene::picture_640x480(None)
+        .save(attic.join("empty.jpg"))
+        .unwrap();
+    let camera = format!(
+        "[[camera]]\nname = \"door\"\nkind = \"files\"\npath = \"{}\"\nloop = true\nfps = 10\ndetect_fps = 10\n\
+         [[camera]]\nname = \"attic\"\nkind = \"files\"\npath = \"{}\"\nloop = true\nfps = 5\ndetect_fps = 5\n",
+        door.display(),
+        attic.display()
+    );
+    let cfg = config(&dir, &people, &camera, Some(&broker.url()), "");
+    let child = start(&cfg);
+    sub.wait_for("the stranger", patience(30), |all| {
+        events(all).contains(&pair("unknown", None))
+    });
+    request(
+        &sub,
+        "enroll",
+        json!({"person": "carol", "camera": "door", "frames": 6}),
+        None,
+        "mixed",
+    );
+    let mixed = response(&sub, "enroll", "mixed", 60);
+    assert!(
+        mixed["error"]
+            .as_str()
+            .unwrap()
+            .contains("more than one person"),
+        "{mixed}"
+    );
+    request(
+        &sub,
+        "enroll",
+        json!({"person": "carol", "camera": "attic", "timeout_s": 2}),
+        None,
+        "nobody",
+    );
+    let nobody = response(&sub, "enroll", "nobody", 30);
+    assert_eq!(
+        nobody["error"],
+        "no usable face for 2 s (0 of 5 frames collected); nothing was saved"
+    );
+    assert!(!dir.path("state/enrolled").exists());
+    // The next enrolment is not blocked by the one that timed out.
+    request(
+        &sub,
+        "enroll",
+        json!({"person": "carol", "camera": "attic", "timeout_s": 1}),
+        None,
+        "again",
+    );
+    assert!(
+        response(&sub, "enroll", "again", 30)["error"]
+            .as_str()
+            .unwrap()
+            .contains("no usable face")
+    );
     send_signal(child.id(), "TERM");
     stderr_of(child);
 }

@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::process::Command;
 use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 fn config(url: &str) -> MqttConfig {
@@ -629,4 +630,130 @@ fn a_broker_requiring_client_certificates_accepts_the_configured_one() {
     let publisher = Publisher::start(&cfg, topics(), tx).unwrap();
     wait_connected(&publisher);
     publisher.shutdown(Duration::from_secs(2));
+}
+
+/// A client logged in as `user`, recording what it receives on `filter`.
+fn client_as(
+    port: u16,
+    user: &str,
+    password: &str,
+    filter: &str,
+) -> (rumqttc::Client, Arc<Mutex<Vec<String>>>) {
+    let mut o = rumqttc::MqttOptions::new(
+        format!("{user}-{}", common::broker::free_port()),
+        "127.0.0.1",
+        port,
+    );
+    o.set_credentials(user, password);
+    let (client, mut connection) = rumqttc::Client::new(o, 10);
+    let received = Arc::new(Mutex::new(vec![]));
+    let (c, r, filter) = (client.clone(), received.clone(), filter.to_string());
+    let (ready, subscribed) = mpsc::channel();
+    std::thread::spawn(move || {
+        for event in connection.iter() {
+            match event {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
+                    c.subscribe(filter.clone(), rumqttc::QoS::AtLeastOnce)
+                        .unwrap();
+                }
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) => {
+                    let _ = ready.send(());
+                }
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
+                    r.lock().unwrap().push(p.topic.clone());
+                }
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+    });
+    subscribed
+        .recv_timeout(Duration::from_secs(10))
+        .expect("connected and subscribed");
+    (client, received)
+}
+
+/// The mosquitto ACL the README documents, taken from the README itself, on a real broker: only the
+/// automation account can send face-edge requests, and nobody else can read them (or their token).
+#[test]
+fn the_readme_acl_lets_only_the_automation_account_send_or_read_requests() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let start = readme
+        .find("```\n# /etc/mosquitto/acl")
+        .expect("the README's ACL example")
+        + 4;
+    let acl_text = &readme[start..start + readme[start..].find("```").unwrap()];
+    let dir = TempDir::new("acl");
+    let (passwords, acl) = (dir.path("passwd"), dir.path("acl"));
+    std::fs::write(&acl, acl_text).unwrap();
+    for (i, user) in ["face-edge", "automation", "intruder"]
+        .into_iter()
+        .enumerate()
+    {
+        let mut cmd = Command::new("mosquitto_passwd");
+        if i == 0 {
+            cmd.arg("-c");
+        }
+        let status = cmd
+            .arg("-b")
+            .arg(&passwords)
+            .args([user, &format!("{user}-pw")])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    let broker = Mosquitto::start(&format!(
+        "password_file {}\nacl_file {}\n",
+        passwords.display(),
+        acl.display()
+    ));
+    let secret = dir.path("mqtt-password");
+    std::fs::write(&secret, "face-edge-pw\n").unwrap();
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let mut cfg = config(&broker.url());
+    cfg.username = Some("face-edge".into());
+    cfg.password_file = Some(secret);
+    let (tx, rx) = mpsc::channel();
+    let publisher = Publisher::start(&cfg, topics(), tx).unwrap();
+    wait_connected(&publisher);
+
+    let (intruder, intruder_saw) = client_as(broker.port, "intruder", "intruder-pw", "face-edge/#");
+    let (automation, _) = client_as(
+        broker.port,
+        "automation",
+        "automation-pw",
+        "face-edge/+/response/#",
+    );
+    let request = "face-edge/test-node/request/reload_gallery";
+    let qos = rumqttc::QoS::AtLeastOnce;
+    intruder
+        .publish(request, qos, false, r#"{"transaction":"intruder"}"#)
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    automation
+        .publish(request, qos, false, r#"{"transaction":"automation"}"#)
+        .unwrap();
+    let Incoming::Request(first) = rx.recv_timeout(Duration::from_secs(10)).unwrap() else {
+        panic!("not a request")
+    };
+    assert_eq!(
+        first.transaction,
+        Some(json!("automation")),
+        "the intruder's request never arrived"
+    );
+    publisher.send(events::response(
+        &topics(),
+        "reload_gallery",
+        None,
+        Ok(json!({})),
+    ));
+    std::thread::sleep(Duration::from_millis(500));
+    let saw = intruder_saw.lock().unwrap().clone();
+    assert!(
+        !saw.iter()
+            .any(|t| t.contains("/request/") || t.contains("/response/")),
+        "{saw:?}"
+    );
+    publisher.shutdown(Duration::from_secs(1));
 }

@@ -33,7 +33,7 @@ pub struct EmbedArgs {
     /// calibrate an int8 variant with models/quantize.py.
     #[arg(long, value_name = "DIR")]
     save_crops: Option<PathBuf>,
-    /// Image files or directories (walked recursively for .jpg/.jpeg/.png).
+    /// Image files or directories (walked recursively for .jpg, .jpeg, .png, .tif(f), .webp, .bmp; .heic is reported).
     #[arg(required = true)]
     paths: Vec<PathBuf>,
 }

@@ -5,7 +5,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use face_edge::config::{Config, DEFAULT_CONFIG_PATH};
 use face_edge::enrol::{SyncReport, collect_sources, gallery_from_store, sync};
-use face_edge::gallery::{Gallery, ThresholdSource, max_impostor_similarity};
+use face_edge::gallery::{Gallery, StrangerModel, ThresholdSource, max_impostor_similarity};
 use face_edge::manifest::Role;
 use face_edge::pipeline::FacePipeline;
 use face_edge::store::{self, StoreData, StoreError, store_path};
@@ -23,7 +23,8 @@ pub struct GalleryOptions {
     /// A gallery directory (one sub-directory per person) to use instead of, or on top of, the config's.
     #[arg(long)]
     pub gallery: Option<PathBuf>,
-    /// Directory for the embedding store [default: the config's state_dir, /var/lib/face-edge].
+    /// Directory for the embedding store [default: the config's state_dir (/var/lib/face-edge); with
+    /// --gallery and no --config, ~/.cache/face-edge].
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
     #[command(flatten)]
@@ -48,7 +49,7 @@ impl GalleryOptions {
                     String::new()
                 }
             })?,
-            None => Config::default(),
+            None => Config::without_file(),
         };
         if let Some(g) = &self.gallery {
             config.gallery.dir = Some(g.clone());
@@ -73,7 +74,7 @@ pub struct OpenGallery {
 pub fn open_gallery(options: &GalleryOptions) -> anyhow::Result<OpenGallery> {
     let config = options.config()?;
     let (_, mut pipeline) = options.models.pipeline(&config, &options.embedder)?;
-    let sources = collect_sources(&config);
+    let sources = collect_sources(&config)?;
     for w in &sources.warnings {
         log::warn!("{w}");
     }
@@ -97,7 +98,11 @@ pub fn open_gallery(options: &GalleryOptions) -> anyhow::Result<OpenGallery> {
     if let Some(why) = &report.rebuilt {
         log::info!("gallery store rebuilt: {why}");
     }
-    let gallery = gallery_from_store(&data, pipeline.embedder.spec().output.threshold, &config);
+    let gallery = gallery_from_store(
+        &data,
+        pipeline.embedder.spec().output.stranger_model(),
+        &config,
+    );
     Ok(OpenGallery {
         config,
         pipeline,
@@ -184,7 +189,9 @@ fn run_list(options: &GalleryOptions) -> anyhow::Result<ExitCode> {
     };
     let catalog = options.models.catalog(&config)?;
     let embedder = catalog.get_role(&data.key.embedder, Role::Embedder)?;
-    let default = embedder.embedder_spec().map_or(0.0, |e| e.output.threshold);
+    let default = embedder
+        .embedder_spec()
+        .map_or(StrangerModel::from(0.0), |e| e.output.stranger_model());
     let gallery = gallery_from_store(&data, default, &config);
     println!("store: {}", store_path(&config.state_dir).display());
     println!(
@@ -232,7 +239,7 @@ fn run_check(options: &GalleryOptions) -> anyhow::Result<ExitCode> {
     let config = options.config()?;
     println!("config: ok");
     let mut problems = 0;
-    let sources = collect_sources(&config);
+    let sources = collect_sources(&config)?;
     let images: usize = sources.people.iter().map(|p| p.images.len()).sum();
     println!("gallery: {} people, {images} images", sources.people.len());
     for w in &sources.warnings {

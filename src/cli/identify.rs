@@ -16,7 +16,7 @@ pub struct IdentifyArgs {
     /// One JSON object per image on stdout instead of text.
     #[arg(long)]
     json: bool,
-    /// Image files or directories (walked recursively for .jpg/.jpeg/.png).
+    /// Image files or directories (walked recursively for .jpg, .jpeg, .png, .tif(f), .webp, .bmp; .heic is reported).
     #[arg(required = true)]
     paths: Vec<PathBuf>,
 }

@@ -23,7 +23,7 @@ pub struct RunArgs {
     /// Gallery directory (one sub-directory per person), overriding the config's.
     #[arg(long)]
     gallery: Option<PathBuf>,
-    /// State directory (embedding store), overriding the config's.
+    /// State directory (embedding store), overriding the config's [without --config: ~/.cache/face-edge].
     #[arg(long)]
     state_dir: Option<PathBuf>,
     /// Adds a camera named "files" replaying these images (a directory or a glob).

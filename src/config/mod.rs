@@ -3,6 +3,7 @@
 //! one. Loading again is how the service reloads it.
 
 use crate::models::{DEFAULT_DETECTOR, DEFAULT_EMBEDDER};
+use face_edge_core::authorise::AllowedCommands;
 #[cfg(test)]
 use face_edge_core::detect::DEFAULT_MAX_SIDE;
 use face_edge_core::detect::DetectSettings;
@@ -22,10 +23,10 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/face-edge";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {cause}", path.display())]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{}: {message}", path.display())]
     Parse { path: PathBuf, message: String },
@@ -143,6 +144,48 @@ pub struct MqttConfig {
     /// A person unseen this long is "not_home".
     #[serde(default = "default_absence")]
     pub absence_s: u64,
+    /// Who may send requests, and which.
+    #[serde(default)]
+    pub requests: RequestsConfig,
+}
+
+/// `[mqtt.requests]`: the commands accepted over MQTT and the token every request must carry.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestsConfig {
+    #[serde(default = "default_true")]
+    pub reload_gallery: bool,
+    #[serde(default = "default_true")]
+    pub snapshot: bool,
+    /// Enrolment changes who is recognised: off unless turned on.
+    #[serde(default)]
+    pub enroll: bool,
+    /// File holding the request token (first line, at least 16 characters). Unset:
+    /// `$CREDENTIALS_DIRECTORY/request-token` when systemd provides it. With no token no request runs.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+}
+
+impl Default for RequestsConfig {
+    fn default() -> RequestsConfig {
+        let allowed = AllowedCommands::default();
+        RequestsConfig {
+            reload_gallery: allowed.reload_gallery,
+            snapshot: allowed.snapshot,
+            enroll: allowed.enroll,
+            token_file: None,
+        }
+    }
+}
+
+impl RequestsConfig {
+    pub fn allowed(&self) -> AllowedCommands {
+        AllowedCommands {
+            reload_gallery: self.reload_gallery,
+            snapshot: self.snapshot,
+            enroll: self.enroll,
+        }
+    }
 }
 
 fn default_keep_alive() -> u64 {
@@ -257,7 +300,30 @@ pub struct PersonConfig {
 
 pub use face_edge_core::events::is_valid_id as is_valid_person_id;
 
+/// Where commands run without a configuration file keep the store: the user's cache directory
+/// (`$XDG_CACHE_HOME/face-edge`, else `~/.cache/face-edge`, else a per-user directory under the
+/// system's temporary directory), never the current directory.
+pub fn user_state_dir() -> PathBuf {
+    let absolute = |v: Option<std::ffi::OsString>| v.map(PathBuf::from).filter(|p| p.is_absolute());
+    if let Some(cache) = absolute(std::env::var_os("XDG_CACHE_HOME")) {
+        return cache.join("face-edge");
+    }
+    if let Some(home) = absolute(std::env::var_os("HOME")) {
+        return home.join(".cache").join("face-edge");
+    }
+    std::env::temp_dir().join(format!("face-edge-{}", rustix::process::getuid().as_raw()))
+}
+
 impl Config {
+    /// The configuration of a command given no configuration file: the defaults, with the store in
+    /// `user_state_dir()`.
+    pub fn without_file() -> Config {
+        Config {
+            state_dir: user_state_dir(),
+            ..Config::default()
+        }
+    }
+
     /// Seconds a person must be out of view to be not_home (`mqtt.absence_s`, also without a broker).
     pub fn absence_s(&self) -> u64 {
         self.mqtt
@@ -281,9 +347,9 @@ impl Config {
     }
 
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {
             path: path.to_path_buf(),
-            source,
+            cause,
         })?;
         Config::parse(&text, path)
     }
@@ -312,6 +378,7 @@ impl Config {
                 &mut m.ca_file,
                 &mut m.client_cert,
                 &mut m.client_key,
+                &mut m.requests.token_file,
             ]
             .into_iter()
             .flatten()
@@ -507,7 +574,10 @@ mod tests {
                 let code = uncommented.split(" # ").next().unwrap_or("").trim();
                 if line.trim().is_empty() {
                     blocks.extend(current.take());
-                } else if code.contains(" = ") && !code.starts_with("The ") {
+                } else if (code.contains(" = ") && !code.starts_with("The "))
+                    || (code.starts_with('[') && code.ends_with(']'))
+                {
+                    // A key, or a sub-table of the example (e.g. [mqtt.requests] inside [mqtt]).
                     block.push_str(code);
                     block.push('\n');
                 }

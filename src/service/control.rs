@@ -11,7 +11,9 @@ use crate::camera::{CameraState, Capture, FrameBoard};
 use crate::config::Config;
 use crate::events::{self, Message, Topics};
 use crate::mqtt::{Incoming, Sink};
+use face_edge_core::authorise::Authoriser;
 use face_edge_core::command::Command;
+use face_edge_core::recognizer::Enrolment;
 use serde_json::{Value, json};
 use signal_hook::consts::SIGHUP;
 use std::sync::mpsc::{Receiver, Sender};
@@ -34,6 +36,8 @@ pub struct Parts {
     pub sink: Arc<Sink>,
     pub topics: Topics,
     pub events: Sender<Event>,
+    /// Which requests may run.
+    pub authoriser: Authoriser,
 }
 
 pub struct Service {
@@ -216,6 +220,7 @@ impl Service {
                 return;
             }
             Incoming::BadRequest { command, error } => {
+                log::warn!("request {command:?} refused: {error}");
                 return self.parts.sink.send(events::response(
                     &self.parts.topics,
                     &command,
@@ -225,10 +230,15 @@ impl Service {
             }
             Incoming::Request(r) => r,
         };
+        let mut request = request;
         let requester = Requester {
             command: request.command.clone(),
             transaction: request.transaction.clone(),
         };
+        if let Err(e) = self.parts.authoriser.check(&mut request) {
+            log::warn!("request {:?} refused: {e}", request.command);
+            return self.respond(&requester, Err(e));
+        }
         let cameras: Vec<&str> = self.parts.config.camera.iter().map(|c| c.name()).collect();
         match Command::parse(&request, &cameras) {
             Ok(command) => self.execute(command, requester),
@@ -252,10 +262,12 @@ impl Service {
                 person,
                 camera,
                 frames,
+                replace,
+                timeout_s,
             } => Control::Enrol {
-                person,
                 camera,
-                frames,
+                enrolment: Enrolment::new(&person, frames, replace),
+                timeout: Duration::from_secs(timeout_s),
                 reply: self.reply(requester),
             },
             Command::Snapshot { camera } => Control::Snapshot {

@@ -15,6 +15,7 @@ use crate::models::{Catalog, load_pipeline};
 use crate::mqtt::{Incoming, IncomingHandler, Publisher, Sink};
 use crate::pipeline::FacePipeline;
 use anyhow::Context;
+use face_edge_core::authorise::Authoriser;
 use face_edge_core::command::CommandError;
 use serde_json::Value;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
@@ -54,7 +55,7 @@ impl ConfigSource {
     pub fn load(&self) -> anyhow::Result<Config> {
         let mut config = match &self.path {
             Some(p) => Config::load(p)?,
-            None => Config::default(),
+            None => Config::without_file(),
         };
         let o = &self.overrides;
         if let Some(e) = &o.embedder {
@@ -274,6 +275,7 @@ pub fn run(source: ConfigSource) -> Result<Ending, StartupError> {
         loaded.names.len(),
         loaded.gallery.threshold()
     );
+    let authoriser = authoriser(&config).map_err(startup)?;
     let topics = Topics::new(&node_id(&config), &config.discovery_prefix());
     let sink = Arc::new(start_sink(&config, &topics, &events).map_err(startup)?);
     let board = frame_board(config.camera.len(), &events);
@@ -301,6 +303,7 @@ pub fn run(source: ConfigSource) -> Result<Ending, StartupError> {
         sink,
         topics,
         events,
+        authoriser,
     };
     let mut service = control::Service::new(parts);
     let ending = service.run(&inbox);
@@ -320,6 +323,20 @@ fn start_worker(
         .name("inference".into())
         .spawn(move || worker.run(inbox))?;
     Ok((to_worker, thread))
+}
+
+/// The request gate from `[mqtt.requests]` and the token it names.
+fn authoriser(config: &Config) -> anyhow::Result<Authoriser> {
+    let Some(mqtt) = &config.mqtt else {
+        return Ok(Authoriser::new(None, Default::default()));
+    };
+    let token = crate::mqtt::read_request_token(mqtt)?;
+    if token.is_none() {
+        log::warn!(
+            "no request token ([mqtt.requests] token_file or the credential request-token): MQTT requests are refused"
+        );
+    }
+    Ok(Authoriser::new(token, mqtt.requests.allowed()))
 }
 
 /// The MQTT connection, or stdout without a broker.

@@ -6,14 +6,14 @@
 use super::{Answer, Event, Reply};
 use crate::camera::{CameraState, Frame, FrameBoard};
 use crate::config::Config;
-use crate::enrol::{enrolled_dir, load_gallery};
+use crate::enrol::{collect_sources, enrolled_dir, load_gallery};
 use crate::events::{DiscoveryInput, FaceEvent, Message, Topics, discovery};
 use crate::mqtt::Sink;
 use face_edge_core::command::CommandError;
 use face_edge_core::detect::{DetectError, Detection};
 use face_edge_core::gallery::Gallery;
 use face_edge_core::pipeline::FacePipeline;
-use face_edge_core::recognizer::{Effect, FaceModels, Recognizer, RecognizerOptions};
+use face_edge_core::recognizer::{Effect, Enrolment, FaceModels, Recognizer, RecognizerOptions};
 use face_edge_core::report::Reporter;
 use image::RgbImage;
 use serde_json::json;
@@ -28,12 +28,12 @@ pub enum Control {
     Resync(Box<Config>, Reply),
     /// Republish discovery and every person's state (Home Assistant restarted).
     Republish,
-    /// Save the next `frames` frames of `camera` that show exactly one usable face as enrolment photos of
-    /// `person`, then resync.
+    /// Collect frames of `camera` for `enrolment`; save them if they pass its checks, then resync.
+    /// Without a usable face for `timeout`, give up.
     Enrol {
-        person: String,
         camera: String,
-        frames: usize,
+        enrolment: Enrolment,
+        timeout: Duration,
         reply: Reply,
     },
     /// Publish the newest face crop of a camera as its snapshot.
@@ -71,11 +71,13 @@ struct CameraRuntime {
     next_due: Instant,
 }
 
-/// The enrolment in progress (its camera's recognizer knows whose and how many photos are still
-/// wanted): the photos saved so far and who is waiting for the answer.
+/// The enrolment in progress (its camera's recognizer collects the frames): who is waiting for the
+/// answer, and until when.
 struct PendingEnrolment {
-    saved: Vec<String>,
+    camera: String,
     reply: Reply,
+    deadline: Instant,
+    timeout: Duration,
 }
 
 /// Everything the inference thread needs at start.
@@ -268,8 +270,32 @@ impl Worker {
                 .map(|c| c.recognizer.faces_in_view())
                 .sum();
             drop(s);
+            self.expire_enrolment();
             self.report_drained();
         }
+    }
+
+    /// Ends an enrolment that has not collected its frames in time, answering with an error.
+    fn expire_enrolment(&mut self) {
+        let Some(pending) = self.enrolment.take_if(|p| Instant::now() >= p.deadline) else {
+            return;
+        };
+        let taken = self
+            .cameras
+            .iter_mut()
+            .find(|c| c.recognizer.camera() == pending.camera)
+            .and_then(|c| c.recognizer.take_enrolment());
+        let (collected, wanted) = taken.map_or((0, 0), |e| (e.collected(), e.wanted()));
+        log::warn!(
+            "camera {}: enrolment timed out after {} s ({collected} of {wanted} frames)",
+            pending.camera,
+            pending.timeout.as_secs()
+        );
+        pending.reply.send(Err(CommandError::TimedOut {
+            seconds: pending.timeout.as_secs(),
+            collected,
+            wanted,
+        }));
     }
 
     fn on_control(&mut self, control: Control) {
@@ -285,11 +311,11 @@ impl Worker {
                 reply.send(result);
             }
             Control::Enrol {
-                person,
                 camera,
-                frames,
+                enrolment,
+                timeout,
                 reply,
-            } => self.start_enrolment(person, camera, frames, reply),
+            } => self.start_enrolment(camera, enrolment, timeout, reply),
             Control::Snapshot { camera, reply } => reply.send(self.snapshot(&camera)),
             Control::SetPipeline(p) => {
                 log::info!(
@@ -404,11 +430,19 @@ impl Worker {
                 self.send(message);
             }
             Effect::Snapshot(crop) => self.publish_snapshot(index, &crop),
-            Effect::EnrolmentPhoto {
+            Effect::Enrol {
                 person,
-                frame,
-                last,
-            } => self.save_enrolment_photo(index, &person, &frame, last),
+                photos,
+                replace,
+            } => self.save_enrolment(&person, &photos, replace),
+            Effect::EnrolmentRefused { person, why } => {
+                log::warn!("enrolment of {person} refused: {why}");
+                if let Some(pending) = self.enrolment.take() {
+                    pending
+                        .reply
+                        .send(Err(CommandError::Refused(why.to_string())));
+                }
+            }
         }
     }
 
@@ -443,6 +477,9 @@ impl Worker {
     }
 
     fn snapshot(&self, camera: &str) -> Answer {
+        if !recognizer_options(&self.config).snapshots {
+            return Err(CommandError::SnapshotsOff);
+        }
         let index = self.camera_index(camera)?;
         let crop = self.cameras[index]
             .recognizer
@@ -482,58 +519,68 @@ impl Worker {
         }))
     }
 
-    fn start_enrolment(&mut self, person: String, camera: String, frames: usize, reply: Reply) {
+    fn start_enrolment(
+        &mut self,
+        camera: String,
+        enrolment: Enrolment,
+        timeout: Duration,
+        reply: Reply,
+    ) {
         let index = match self.camera_index(&camera) {
             Ok(index) if self.enrolment.is_none() => index,
             Ok(_) => return reply.send(Err(CommandError::Busy)),
             Err(e) => return reply.send(Err(e)),
         };
-        self.cameras[index]
-            .recognizer
-            .start_enrolment(&person, frames);
+        if enrolment.replace()
+            && let Some(photo) = self.configured_photo(enrolment.person())
+        {
+            return reply.send(Err(CommandError::Refused(format!(
+                "{} has photos in the configured gallery ({}); replace them there",
+                enrolment.person(),
+                photo.display()
+            ))));
+        }
+        self.cameras[index].recognizer.start_enrolment(enrolment);
         self.enrolment = Some(PendingEnrolment {
-            saved: vec![],
+            camera,
             reply,
+            deadline: Instant::now() + timeout,
+            timeout,
         });
     }
 
-    /// Saves an enrolment photo under `<state_dir>/enrolled/<person>/`; after the last one, syncs the
-    /// gallery and answers the request.
-    fn save_enrolment_photo(&mut self, index: usize, person: &str, frame: &RgbImage, last: bool) {
-        let dir = enrolled_dir(&self.config.state_dir).join(person);
-        let path = dir.join(format!(
-            "{}.jpg",
-            humantime::format_rfc3339_millis(SystemTime::now())
-                .to_string()
-                .replace([':', '.'], "-")
-        ));
-        let saved = std::fs::create_dir_all(&dir)
-            .map_err(|err| err.to_string())
-            .and_then(|_| {
-                let mut file = std::fs::File::create(&path).map_err(|err| err.to_string())?;
-                let encoder = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut file, 92);
-                frame
-                    .write_with_encoder(encoder)
-                    .map_err(|err| err.to_string())
-            });
-        let Some(mut pending) = self.enrolment.take() else {
+    /// A photo of `person` from the configuration (not taken by an enrolment), if there is one.
+    fn configured_photo(&self, person: &str) -> Option<std::path::PathBuf> {
+        let enrolled = enrolled_dir(&self.config.state_dir);
+        collect_sources(&self.config)
+            .ok()?
+            .people
+            .into_iter()
+            .filter(|p| p.id == person)
+            .flat_map(|p| p.images)
+            .find(|path| !path.starts_with(&enrolled))
+    }
+
+    /// Saves the enrolment's photos under `<state_dir>/enrolled/<person>/` (readable by the service
+    /// only: they are biometric data), removes the person's earlier enrolment photos when replacing
+    /// (after the new ones are safely written), syncs the gallery and answers the request.
+    fn save_enrolment(&mut self, person: &str, photos: &[Vec<u8>], replace: bool) {
+        let Some(pending) = self.enrolment.take() else {
             return;
         };
-        if let Err(err) = saved {
-            self.cameras[index].recognizer.cancel_enrolment();
-            return pending.reply.send(Err(CommandError::Failed(format!(
-                "cannot save enrolment photo in {}: {err}",
-                dir.display()
-            ))));
-        }
-        pending.saved.push(path.display().to_string());
-        if !last {
-            self.enrolment = Some(pending);
-            return;
-        }
-        let result = self
-            .resync(self.config.clone())
-            .map(|sync| json!({"person": person, "photos": pending.saved, "gallery": sync}));
+        let dir = enrolled_dir(&self.config.state_dir).join(person);
+        let saved = match write_enrolment_photos(&dir, photos, replace) {
+            Ok(saved) => saved,
+            Err(err) => {
+                return pending.reply.send(Err(CommandError::Failed(format!(
+                    "cannot save enrolment photos in {}: {err}",
+                    dir.display()
+                ))));
+            }
+        };
+        let result = self.resync(self.config.clone()).map(
+            |sync| json!({"person": person, "photos": saved, "replaced": replace, "gallery": sync}),
+        );
         pending.reply.send(result);
     }
 
@@ -573,12 +620,12 @@ impl Worker {
                 }
             }
             // An enrolment follows its camera when only the camera's settings changed.
-            let Some((person, remaining)) = runtime.recognizer.take_enrolment() else {
+            let Some(enrolment) = runtime.recognizer.take_enrolment() else {
                 continue;
             };
             let camera = runtime.recognizer.camera().to_string();
             match cameras.iter_mut().find(|c| c.recognizer.camera() == camera) {
-                Some(restarted) => restarted.recognizer.start_enrolment(&person, remaining),
+                Some(restarted) => restarted.recognizer.start_enrolment(enrolment),
                 None => {
                     if let Some(pending) = self.enrolment.take() {
                         pending.reply.send(Err(CommandError::NoCamera(camera)));
@@ -628,4 +675,45 @@ pub fn cameras_healthy(board: &FrameBoard, stall: Duration) -> bool {
         }
         _ => true,
     })
+}
+
+/// Writes `photos` into `dir` as new files, mode 0600, each synced before the next; with `replace`,
+/// then removes the JPEGs that were there before. Returns the paths written.
+fn write_enrolment_photos(
+    dir: &std::path::Path,
+    photos: &[Vec<u8>],
+    replace: bool,
+) -> std::io::Result<Vec<String>> {
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let earlier: Vec<std::path::PathBuf> = std::fs::read_dir(dir)?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "jpg"))
+        .collect();
+    let stamp = humantime::format_rfc3339_millis(SystemTime::now())
+        .to_string()
+        .replace([':', '.'], "-");
+    let mut saved = vec![];
+    for (i, jpeg) in photos.iter().enumerate() {
+        let path = dir.join(format!("{stamp}-{i}.jpg"));
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)?;
+        file.write_all(jpeg)?;
+        file.sync_all()?;
+        saved.push(path.display().to_string());
+    }
+    if replace {
+        for old in earlier {
+            std::fs::remove_file(old)?;
+        }
+    }
+    Ok(saved)
 }

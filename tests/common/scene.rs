@@ -75,8 +75,14 @@ pub fn config(
     mqtt_url: Option<&str>,
     extra: &str,
 ) -> PathBuf {
+    let token_file = dir.path("request-token");
+    std::fs::write(&token_file, format!("{REQUEST_TOKEN}\n")).unwrap();
     let mqtt = mqtt_url.map_or(String::new(), |url| {
-        format!("[mqtt]\nurl = \"{url}\"\nnode_id = \"e2e\"\nreconnect_max_s = 1\nstats_interval_s = 1\nabsence_s = {}\n", 2 * slowdown())
+        format!(
+            "[mqtt]\nurl = \"{url}\"\nnode_id = \"e2e\"\nreconnect_max_s = 1\nstats_interval_s = 1\nabsence_s = {}\n[mqtt.requests]\ntoken_file = \"{}\"\nenroll = true\n",
+            2 * slowdown(),
+            token_file.display()
+        )
     });
     // Under emulation detection runs at half the default size: a quarter of the cost, so that a visit
     // still spans enough detections to decide (the faces in these frames are over 100 px tall).
@@ -94,6 +100,20 @@ pub fn config(
     let path = dir.path("face-edge.toml");
     std::fs::write(&path, text).unwrap();
     path
+}
+
+/// The request token `config` writes for its `[mqtt.requests]` (which turns enrolment on).
+pub const REQUEST_TOKEN: &str = "test-request-token-5f1c9a";
+
+/// Edits a config written by `config`: `text` is inserted at the start of the `[mqtt]` table.
+pub fn add_to_mqtt(config: &Path, text: &str) {
+    let old = std::fs::read_to_string(config).unwrap();
+    assert!(old.contains("[mqtt]\n"), "{old}");
+    std::fs::write(
+        config,
+        old.replacen("[mqtt]\n", &format!("[mqtt]\n{text}\n"), 1),
+    )
+    .unwrap();
 }
 
 /// (type, person) of every message on `face-edge/e2e/events`, in arrival order, without the duplicates

@@ -9,16 +9,23 @@ use serde_json::Value;
 pub const MAX_ENROLMENT_FRAMES: usize = 50;
 /// Photos an `enroll` request takes when it does not say.
 pub const DEFAULT_ENROLMENT_FRAMES: usize = 5;
+/// How long an enrolment waits for its frames when the request does not say, and at most.
+pub const DEFAULT_ENROLMENT_TIMEOUT_S: u64 = 30;
+pub const MAX_ENROLMENT_TIMEOUT_S: u64 = 600;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     /// Re-read the configuration's gallery and sync the store.
     ReloadGallery,
-    /// Save the next `frames` frames of `camera` showing exactly one usable face as photos of `person`.
+    /// Collect the next `frames` frames of `camera` showing exactly one usable face and, if they pass
+    /// the poisoning checks, save them as photos of `person` (replacing the photos earlier enrolments
+    /// saved, with `replace`); give up after `timeout_s`.
     Enrol {
         person: String,
         camera: String,
         frames: usize,
+        replace: bool,
+        timeout_s: u64,
     },
     /// Publish the camera's newest face crop.
     Snapshot { camera: String },
@@ -41,12 +48,39 @@ pub enum CommandError {
     NoCamera(String),
     #[error("frames must be 1 to {MAX_ENROLMENT_FRAMES}")]
     Frames,
+    #[error("timeout_s must be 1 to {MAX_ENROLMENT_TIMEOUT_S}")]
+    Timeout,
+    #[error("replace must be true or false")]
+    Replace,
     #[error("an enrolment is already running")]
     Busy,
+    #[error(
+        "no usable face for {seconds} s ({collected} of {wanted} frames collected); nothing was saved"
+    )]
+    TimedOut {
+        seconds: u64,
+        collected: usize,
+        wanted: usize,
+    },
+    /// The enrolment's frames failed a poisoning check.
+    #[error("{0}")]
+    Refused(String),
+    #[error("snapshots are off ([mqtt] snapshots = false)")]
+    SnapshotsOff,
     #[error("camera {0:?} has seen no face yet")]
     NoFaceYet(String),
     #[error("the service is stopping")]
     Stopping,
+    #[error("not authorised: {0}")]
+    NotAuthorised(&'static str),
+    #[error("{0} is turned off in the configuration ([mqtt.requests] {0} = false)")]
+    Disabled(String),
+    #[error(
+        "a retained request is never run (it would run again at every reconnect); clear it with an empty retained message"
+    )]
+    Retained,
+    #[error("the request is {0} bytes; at most {max} are read", max = crate::authorise::MAX_REQUEST_BYTES)]
+    TooLarge(usize),
     /// The work itself failed (a configuration that does not load, a store that cannot be written).
     #[error("{0}")]
     Failed(String),
@@ -90,10 +124,23 @@ impl Command {
                         .filter(|n| (1..=MAX_ENROLMENT_FRAMES as u64).contains(n))
                         .ok_or(CommandError::Frames)? as usize,
                 };
+                let timeout_s = match body.get("timeout_s") {
+                    None => DEFAULT_ENROLMENT_TIMEOUT_S,
+                    Some(v) => v
+                        .as_u64()
+                        .filter(|n| (1..=MAX_ENROLMENT_TIMEOUT_S).contains(n))
+                        .ok_or(CommandError::Timeout)?,
+                };
+                let replace = match body.get("replace") {
+                    None => false,
+                    Some(v) => v.as_bool().ok_or(CommandError::Replace)?,
+                };
                 Ok(Command::Enrol {
                     person,
                     camera,
                     frames,
+                    replace,
+                    timeout_s,
                 })
             }
             "snapshot" => {
@@ -126,19 +173,23 @@ mod tests {
             Ok(Command::Enrol {
                 person: "obama".into(),
                 camera: "hall".into(),
-                frames: 5
+                frames: 5,
+                replace: false,
+                timeout_s: 30,
             })
         );
         assert_eq!(
             parse(
                 "enroll",
-                r#"{"name":"obama","camera":"door","frames":2}"#,
+                r#"{"name":"obama","camera":"door","frames":2,"replace":true,"timeout_s":5}"#,
                 &["hall", "door"]
             ),
             Ok(Command::Enrol {
                 person: "obama".into(),
                 camera: "door".into(),
-                frames: 2
+                frames: 2,
+                replace: true,
+                timeout_s: 5,
             })
         );
     }
@@ -161,6 +212,14 @@ mod tests {
         assert_eq!(
             parse("enroll", r#"{"person":"a","frames":51}"#, &["hall"]),
             Err(CommandError::Frames)
+        );
+        assert_eq!(
+            parse("enroll", r#"{"person":"a","timeout_s":0}"#, &["hall"]),
+            Err(CommandError::Timeout)
+        );
+        assert_eq!(
+            parse("enroll", r#"{"person":"a","replace":"yes"}"#, &["hall"]),
+            Err(CommandError::Replace)
         );
         assert_eq!(
             parse("enroll", "{}", &["hall"]).unwrap_err().to_string(),

@@ -10,10 +10,12 @@
 #![forbid(unsafe_code)]
 
 pub mod align;
+pub mod authorise;
 pub mod command;
 pub mod detect;
 pub mod discovery;
 pub mod embed;
+pub mod enrolment;
 pub mod error;
 pub mod events;
 pub mod gallery;

@@ -187,6 +187,24 @@ pub struct OutputSpec {
     pub metric: Metric,
     /// Default same-person threshold on the metric.
     pub threshold: f32,
+    /// Mean and standard deviation of the similarity between photos of different people, measured on
+    /// a public face set; they anchor the gallery's calibrated threshold when the gallery has few
+    /// people. Unset: centred on 0 with the threshold three deviations above.
+    #[serde(default)]
+    pub impostor_mean: Option<f32>,
+    #[serde(default)]
+    pub impostor_sd: Option<f32>,
+}
+
+impl OutputSpec {
+    pub fn stranger_model(&self) -> crate::gallery::StrangerModel {
+        let guess = crate::gallery::StrangerModel::from(self.threshold);
+        crate::gallery::StrangerModel {
+            threshold: self.threshold,
+            impostor_mean: self.impostor_mean.unwrap_or(guess.impostor_mean),
+            impostor_sd: self.impostor_sd.unwrap_or(guess.impostor_sd),
+        }
+    }
 }
 
 /// A presentation score derived from the cosine, e.g. FACE01's "percentage".
@@ -390,6 +408,22 @@ fn validate_embedder(e: &EmbedderSpec) -> Result<(), FieldError> {
         return Err((
             "embedder.output.threshold",
             format!("{} is outside -1..1", e.output.threshold),
+        ));
+    }
+    if let Some(m) = e.output.impostor_mean
+        && !(-1.0..=1.0).contains(&m)
+    {
+        return Err((
+            "embedder.output.impostor_mean",
+            format!("{m} is outside -1..1"),
+        ));
+    }
+    if let Some(sd) = e.output.impostor_sd
+        && !(sd > 0.0 && sd <= 1.0)
+    {
+        return Err((
+            "embedder.output.impostor_sd",
+            format!("{sd} is not in (0, 1]"),
         ));
     }
     if let Some(d) = &e.display

@@ -3,6 +3,7 @@
 //! often strangers are accepted as somebody. Pure: labels and embeddings in, rates out.
 
 use crate::gallery::{Gallery, GalleryPerson};
+use crate::track::{VOTE_WINDOW, vote};
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -13,6 +14,9 @@ pub struct Split<K> {
     pub enrolled: BTreeMap<String, Vec<K>>,
     /// (item, Some(person) for an enrolled person's probe, None for a stranger)
     pub probes: Vec<(K, Option<String>)>,
+    /// The same probes grouped by who is in them: one visit per person, as a camera would see them
+    /// walk by.
+    pub visits: Vec<(Vec<K>, Option<String>)>,
 }
 
 /// People with more than `enrol` items alternate (in name order) between enrolled (their first `enrol`
@@ -22,22 +26,22 @@ pub fn split<K: Clone>(people: &BTreeMap<String, Vec<K>>, enrol: usize) -> Split
     let mut out = Split {
         enrolled: BTreeMap::new(),
         probes: vec![],
+        visits: vec![],
     };
     let mut candidates = 0;
     for (person, items) in people {
         let eligible = items.len() > enrol;
         let enrolled = eligible && candidates % 2 == 0;
         candidates += usize::from(eligible);
-        if enrolled {
+        let (probes, truth) = if enrolled {
             out.enrolled.insert(person.clone(), items[..enrol].to_vec());
-            out.probes.extend(
-                items[enrol..]
-                    .iter()
-                    .map(|k| (k.clone(), Some(person.clone()))),
-            );
+            (&items[enrol..], Some(person.clone()))
         } else {
-            out.probes.extend(items.iter().map(|k| (k.clone(), None)));
-        }
+            (&items[..], None)
+        };
+        out.probes
+            .extend(probes.iter().map(|k| (k.clone(), truth.clone())));
+        out.visits.push((probes.to_vec(), truth));
     }
     out
 }
@@ -57,11 +61,24 @@ pub struct OpenSetRates {
 
 /// Runs every probe embedding through `gallery` one face at a time.
 pub fn evaluate(gallery: &Gallery, probes: &[(Vec<f32>, Option<String>)]) -> OpenSetRates {
+    rates(
+        gallery,
+        probes.iter().map(|(embedding, truth)| {
+            let decision = gallery.identify(std::slice::from_ref(embedding)).remove(0);
+            (truth, decision.person)
+        }),
+    )
+}
+
+/// Counts (truth, named) outcomes.
+fn rates<'a>(
+    gallery: &Gallery,
+    outcomes: impl Iterator<Item = (&'a Option<String>, Option<String>)>,
+) -> OpenSetRates {
     let (mut known, mut unknown, mut correct, mut wrong, mut accepted) =
         (0usize, 0usize, 0usize, 0usize, 0usize);
-    for (embedding, truth) in probes {
-        let decision = gallery.identify(std::slice::from_ref(embedding)).remove(0);
-        match (truth, decision.person) {
+    for (truth, named) in outcomes {
+        match (truth, named) {
             (Some(t), Some(p)) => {
                 known += 1;
                 if *t == p { correct += 1 } else { wrong += 1 }
@@ -83,6 +100,32 @@ pub fn evaluate(gallery: &Gallery, probes: &[(Vec<f32>, Option<String>)]) -> Ope
         known_wrong: rate(wrong, known),
         unknown_accepted: rate(accepted, unknown),
     }
+}
+
+/// Runs every visit of at least `votes` faces through `gallery` and the tracker's vote (the first
+/// `VOTE_WINDOW` faces of the visit): a visit is named when `votes` of its faces name the same person
+/// and nobody else as often.
+pub fn evaluate_visits(
+    gallery: &Gallery,
+    visits: &[(Vec<Vec<f32>>, Option<String>)],
+    votes: usize,
+) -> OpenSetRates {
+    let decided: Vec<(Option<String>, &Option<String>)> = visits
+        .iter()
+        .filter(|(faces, _)| faces.len() >= votes.max(1))
+        .map(|(faces, truth)| {
+            let decisions: Vec<Option<String>> = faces
+                .iter()
+                .take(VOTE_WINDOW)
+                .map(|f| gallery.identify(std::slice::from_ref(f)).remove(0).person)
+                .collect();
+            (vote(decisions.iter().map(Option::as_deref), votes), truth)
+        })
+        .collect();
+    rates(
+        gallery,
+        decided.iter().map(|(named, truth)| (*truth, named.clone())),
+    )
 }
 
 /// Gallery people from enrolment embeddings (person -> embeddings).

@@ -6,6 +6,7 @@
 
 use crate::detect::{DetectError, Detection};
 use crate::embed::Embedder;
+use crate::enrolment::{EnrolmentRefused, check_enrolment};
 use crate::events::{EventType, FaceEvent};
 use crate::gallery::Gallery;
 use crate::motion::{StillnessGate, Thumbnail};
@@ -49,12 +50,17 @@ pub enum Effect {
     StillSeen { person: String, at: SystemTime },
     /// Publish this face crop as the camera's snapshot (a track was just decided, snapshots are on).
     Snapshot(RgbImage),
-    /// Save `frame` as an enrolment photo of `person`; `last` is set on the final one, after which the
-    /// gallery should be synced.
-    EnrolmentPhoto {
+    /// The enrolment collected its frames and they passed the poisoning checks: save these JPEG
+    /// photos of `person` (replacing the photos earlier enrolments saved, with `replace`) and sync.
+    Enrol {
         person: String,
-        frame: RgbImage,
-        last: bool,
+        photos: Vec<Vec<u8>>,
+        replace: bool,
+    },
+    /// The enrolment collected its frames and they failed a check: nothing is to be saved.
+    EnrolmentRefused {
+        person: String,
+        why: EnrolmentRefused,
     },
 }
 
@@ -76,10 +82,44 @@ pub struct RecognizerOptions {
     pub snapshots: bool,
 }
 
+/// An enrolment in progress: the frames wanted and the ones collected so far (JPEG, with the face's
+/// embedding). Moved as a whole to a restarted camera.
 #[derive(Debug)]
-struct Enrolment {
+pub struct Enrolment {
     person: String,
-    remaining: usize,
+    wanted: usize,
+    replace: bool,
+    photos: Vec<Vec<u8>>,
+    faces: Vec<Vec<f32>>,
+}
+
+impl Enrolment {
+    pub fn new(person: &str, frames: usize, replace: bool) -> Enrolment {
+        Enrolment {
+            person: person.to_string(),
+            wanted: frames.max(1),
+            replace,
+            photos: vec![],
+            faces: vec![],
+        }
+    }
+
+    pub fn person(&self) -> &str {
+        &self.person
+    }
+
+    /// Frames collected so far.
+    pub fn collected(&self) -> usize {
+        self.faces.len()
+    }
+
+    pub fn wanted(&self) -> usize {
+        self.wanted
+    }
+
+    pub fn replace(&self) -> bool {
+        self.replace
+    }
 }
 
 /// The recognition state of one camera: its tracks, the stillness gate, the newest face crop and a
@@ -140,23 +180,19 @@ impl Recognizer {
         self.last_crop.as_ref()
     }
 
-    /// Starts saving the next `frames` frames that show exactly one usable face as photos of `person`.
-    pub fn start_enrolment(&mut self, person: &str, frames: usize) {
-        self.enrolment = Some(Enrolment {
-            person: person.to_string(),
-            remaining: frames,
-        });
+    /// Starts collecting the next frames that show exactly one usable face for `enrolment`.
+    pub fn start_enrolment(&mut self, enrolment: Enrolment) {
+        self.enrolment = Some(enrolment);
     }
 
-    /// Stops a running enrolment (a photo could not be saved, or the service stops).
+    /// Stops a running enrolment (it timed out, or the service stops).
     pub fn cancel_enrolment(&mut self) -> bool {
         self.take_enrolment().is_some()
     }
 
-    /// Ends a running enrolment and says whose it was and how many photos it still wanted (to carry it
-    /// over to a restarted camera).
-    pub fn take_enrolment(&mut self) -> Option<(String, usize)> {
-        self.enrolment.take().map(|e| (e.person, e.remaining))
+    /// Ends a running enrolment and hands it over (to carry it to a restarted camera).
+    pub fn take_enrolment(&mut self) -> Option<Enrolment> {
+        self.enrolment.take()
     }
 
     pub fn is_enrolling(&self) -> bool {
@@ -194,7 +230,7 @@ impl Recognizer {
         step.embedded = embedded.len();
         self.decide(embedded, gallery, captured, &mut step.effects);
         self.still_seen(captured, &mut step.effects);
-        self.enrolment_photo(frame, &faces, &mut step.effects);
+        self.enrolment_photo(frame, &faces, models, gallery, &mut step.effects);
         self.last_faces = faces;
         Ok(step)
     }
@@ -271,27 +307,54 @@ impl Recognizer {
         }
     }
 
-    /// While enrolling, a frame showing exactly one usable face becomes an enrolment photo.
+    /// While enrolling, a frame showing exactly one usable face (size, turn, alignment, sharpness) is
+    /// collected; once enough are, they are checked against poisoning and the verdict returned.
     fn enrolment_photo(
         &mut self,
         frame: &RgbImage,
         faces: &[Detection],
+        models: &mut impl FaceModels,
+        gallery: &Gallery,
         effects: &mut Vec<Effect>,
     ) {
-        let usable = faces.len() == 1 && face_quality(&faces[0], &self.settings).is_ok();
-        let Some(enrolment) = self.enrolment.as_mut().filter(|_| usable) else {
+        let [face] = faces else { return };
+        if self.enrolment.is_none() || face_quality(face, &self.settings).is_err() {
+            return;
+        }
+        let Some(embedding) = models
+            .align(frame, face)
+            .filter(|crop| sharpness(crop) >= self.settings.min_sharpness)
+            .and_then(|crop| models.embed(&crop))
+        else {
             return;
         };
-        enrolment.remaining = enrolment.remaining.saturating_sub(1);
-        let last = enrolment.remaining == 0;
-        effects.push(Effect::EnrolmentPhoto {
-            person: enrolment.person.clone(),
-            frame: frame.clone(),
-            last,
-        });
-        if last {
-            self.enrolment = None;
+        let mut jpeg = Vec::new();
+        let encoder = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 92);
+        if frame.write_with_encoder(encoder).is_err() {
+            return;
         }
+        let Some(enrolment) = self.enrolment.as_mut() else {
+            return;
+        };
+        enrolment.photos.push(jpeg);
+        enrolment.faces.push(embedding);
+        if enrolment.faces.len() < enrolment.wanted {
+            return;
+        }
+        let e = self.enrolment.take().expect("checked above");
+        effects.push(
+            match check_enrolment(&e.person, &e.faces, gallery, e.replace) {
+                Ok(()) => Effect::Enrol {
+                    person: e.person,
+                    photos: e.photos,
+                    replace: e.replace,
+                },
+                Err(why) => Effect::EnrolmentRefused {
+                    person: e.person,
+                    why,
+                },
+            },
+        );
     }
 }
 
@@ -576,43 +639,99 @@ mod tests {
         assert_eq!(snapshots, 1, "one snapshot when the track is decided");
     }
 
+    /// (person, photos) of the enrolments saved and (person, refusal) of those refused.
+    type Enrolments = (Vec<(String, usize)>, Vec<(String, EnrolmentRefused)>);
+
+    fn enrolments(effects: &[Effect]) -> Enrolments {
+        let mut saved = vec![];
+        let mut refused = vec![];
+        for e in effects {
+            match e {
+                Effect::Enrol { person, photos, .. } => saved.push((person.clone(), photos.len())),
+                Effect::EnrolmentRefused { person, why } => {
+                    refused.push((person.clone(), why.clone()))
+                }
+                _ => {}
+            }
+        }
+        (saved, refused)
+    }
+
     #[test]
     fn enrolment_takes_frames_with_exactly_one_usable_face() {
         let mut scene = Scene::new(RecognizerOptions::default());
-        scene.recognizer.start_enrolment("ada", 2);
-        let photos = |effects: &[Effect]| -> Vec<(String, bool)> {
-            effects
-                .iter()
-                .filter_map(|e| match e {
-                    Effect::EnrolmentPhoto { person, last, .. } => Some((person.clone(), *last)),
-                    _ => None,
-                })
-                .collect()
-        };
-        // Two faces, or one too small: no photo.
+        scene
+            .recognizer
+            .start_enrolment(Enrolment::new("ada", 2, false));
+        // Two faces, or one too small: nothing collected.
         let effects = scene.show(&[at(50.0, STRANGER), at(400.0, KIT)], 3, true);
-        assert!(photos(&effects).is_empty());
+        assert_eq!(enrolments(&effects), (vec![], vec![]));
         let tiny = Face {
             left: 200.0,
             size: 20.0,
             who: STRANGER,
         };
-        assert!(photos(&scene.show(&[tiny], 3, true)).is_empty());
-        // One usable face, even in a still scene: photos until the count is reached, then no more.
+        scene.show(&[tiny], 3, true);
+        assert!(scene.recognizer.is_enrolling());
+        // One usable face, even in a still scene: the enrolment ends once it has its frames.
         let effects = scene.show(&[at(200.0, STRANGER)], 4, false);
-        assert_eq!(
-            photos(&effects),
-            vec![("ada".to_string(), false), ("ada".to_string(), true)]
-        );
+        assert_eq!(enrolments(&effects), (vec![("ada".to_string(), 2)], vec![]));
         assert!(!scene.recognizer.is_enrolling());
-        scene.recognizer.start_enrolment("ada", 3);
-        assert_eq!(
-            scene.recognizer.take_enrolment(),
-            Some(("ada".to_string(), 3))
-        );
-        scene.recognizer.start_enrolment("ada", 3);
+        let Some(Effect::Enrol { photos, .. }) =
+            effects.iter().find(|e| matches!(e, Effect::Enrol { .. }))
+        else {
+            unreachable!()
+        };
+        assert!(image::load_from_memory(&photos[0]).is_ok(), "JPEG photos");
+        scene
+            .recognizer
+            .start_enrolment(Enrolment::new("ada", 3, false));
+        scene.show(&[at(200.0, STRANGER)], 1, true);
+        let taken = scene.recognizer.take_enrolment().unwrap();
+        assert_eq!((taken.person(), taken.collected()), ("ada", 1));
+        scene.recognizer.start_enrolment(taken);
         assert!(scene.recognizer.cancel_enrolment());
-        assert!(photos(&scene.show(&[at(200.0, STRANGER)], 2, true)).is_empty());
+        assert_eq!(
+            enrolments(&scene.show(&[at(200.0, STRANGER)], 3, true)),
+            (vec![], vec![])
+        );
+    }
+
+    #[test]
+    fn enrolment_of_two_people_or_of_a_stranger_as_someone_enrolled_is_refused() {
+        let mut scene = Scene::new(RecognizerOptions::default());
+        // Frames of two different people (each alone in view) for one new person.
+        scene
+            .recognizer
+            .start_enrolment(Enrolment::new("ada", 2, false));
+        scene.show(&[at(200.0, STRANGER)], 1, true);
+        let effects = scene.show(&[at(200.0, 6)], 1, true);
+        let (saved, refused) = enrolments(&effects);
+        assert!(saved.is_empty());
+        assert!(
+            matches!(refused[..], [(_, EnrolmentRefused::NotOnePerson { .. })]),
+            "{refused:?}"
+        );
+        // A stranger's frames added to obama.
+        scene
+            .recognizer
+            .start_enrolment(Enrolment::new("obama", 2, false));
+        let effects = scene.show(&[at(200.0, STRANGER)], 2, true);
+        let (_, refused) = enrolments(&effects);
+        assert!(
+            matches!(refused[..], [(_, EnrolmentRefused::NotThatPerson { .. })]),
+            "{refused:?}"
+        );
+        // Kit's face enrolled as somebody new.
+        scene
+            .recognizer
+            .start_enrolment(Enrolment::new("eve", 2, false));
+        let effects = scene.show(&[at(200.0, KIT)], 2, true);
+        let (_, refused) = enrolments(&effects);
+        assert!(
+            matches!(&refused[..], [(_, EnrolmentRefused::TooSimilar { other, .. })] if other == "kit"),
+            "{refused:?}"
+        );
     }
 
     #[test]
@@ -620,13 +739,14 @@ mod tests {
         let mut scene = Scene::new(RecognizerOptions::default());
         scene.show(&[at(200.0, OBAMA)], 6, true);
         scene.show(&[at(200.0, OBAMA)], 1, false);
-        scene.recognizer.start_enrolment("obama", 3);
+        scene
+            .recognizer
+            .start_enrolment(Enrolment::new("obama", 3, false));
         let effects = scene.show(&[at(200.0, OBAMA)], 3, false);
-        let photos = effects
-            .iter()
-            .filter(|e| matches!(e, Effect::EnrolmentPhoto { .. }))
-            .count();
-        assert_eq!(photos, 3);
+        assert_eq!(
+            enrolments(&effects),
+            (vec![("obama".to_string(), 3)], vec![])
+        );
     }
 
     #[test]

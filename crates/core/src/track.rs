@@ -14,7 +14,7 @@ const MIN_IOU: f32 = 0.3;
 /// Or, failing overlap (fast movement, low frame rate), whose centre is within this many box widths.
 const MAX_CENTRE_SHIFT: f32 = 0.6;
 /// Recent decisions kept per track for voting.
-const VOTE_WINDOW: usize = 6;
+pub(crate) const VOTE_WINDOW: usize = 6;
 
 #[derive(Debug, Clone, PartialEq)]
 enum Verdict {
@@ -298,7 +298,7 @@ impl Tracker {
         if t.votes.len() > VOTE_WINDOW {
             t.votes.pop_front();
         }
-        let winner = vote(&t.votes, config.votes);
+        let winner = vote(t.votes.iter().map(|d| d.person.as_deref()), config.votes);
         let (kind, person) = match (&t.verdict, winner) {
             (Verdict::Recognized(_), _) => return None,
             (_, Some(person)) => {
@@ -341,9 +341,12 @@ impl Tracker {
 }
 
 /// The person named by at least `needed` of the recent decisions and more often than anyone else.
-fn vote(votes: &VecDeque<Decision>, needed: usize) -> Option<String> {
+pub(crate) fn vote<'a>(
+    decisions: impl Iterator<Item = Option<&'a str>>,
+    needed: usize,
+) -> Option<String> {
     let mut counts: Vec<(&str, usize)> = vec![];
-    for p in votes.iter().filter_map(|d| d.person.as_deref()) {
+    for p in decisions.flatten() {
         match counts.iter_mut().find(|(q, _)| *q == p) {
             Some(c) => c.1 += 1,
             None => counts.push((p, 1)),
