@@ -200,7 +200,7 @@ pub fn options(config: &MqttConfig, topics: &Topics) -> Result<MqttOptions, Mqtt
     let client_id = config
         .client_id
         .clone()
-        .unwrap_or_else(|| format!("face-edge-{}", topics.node_id));
+        .unwrap_or_else(|| format!("face-edge-{}-{}", topics.node_id, run_tag()));
     let mut o = MqttOptions::new(client_id, address.host.clone(), address.port);
     o.set_keep_alive(Duration::from_secs(config.keep_alive_s.max(5)));
     // A clean session: face-edge keeps its own queue, so nothing depends on the broker's session state.
@@ -221,6 +221,19 @@ pub fn options(config: &MqttConfig, topics: &Topics) -> Result<MqttOptions, Mqtt
         )));
     }
     Ok(o)
+}
+
+/// A tag unique to this run (process id and start time), so that the default client id is not one
+/// another client can take by accident: a broker disconnects the older of two clients with one id.
+fn run_tag() -> String {
+    static TAG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TAG.get_or_init(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        format!("{:x}{:05x}", std::process::id(), nanos & 0xfffff)
+    })
+    .clone()
 }
 
 /// A readable cause for a failed connection.

@@ -195,3 +195,77 @@ fn detect_reports_zero_faces_without_failing() {
         (Some(64), Some(48))
     );
 }
+
+/// A number that passes TOML but would stop the service (NaN, negative seconds) is a configuration
+/// error naming the file, key and unit, for `gallery check` and `run` alike, and `run` exits 78 (which
+/// the unit's RestartPreventExitStatus keeps systemd from restarting into).
+#[test]
+fn impossible_numbers_in_the_config_are_errors_before_anything_runs() {
+    let tmp = TempDir::new("bad-numbers");
+    for (section, key) in [
+        (
+            "[service]\nstall_timeout_s = nan",
+            "service.stall_timeout_s",
+        ),
+        (
+            "[service]\nstall_timeout_s = -1.0",
+            "service.stall_timeout_s",
+        ),
+        ("[tracking]\nlost_after_s = nan", "tracking.lost_after_s"),
+    ] {
+        let config = tmp.path("face-edge.toml");
+        std::fs::write(
+            &config,
+            format!("state_dir = \"{}\"\n[[camera]]\nname = \"hall\"\nkind = \"files\"\npath = \"x\"\n{section}\n", tmp.path("state").display()),
+        )
+        .unwrap();
+        let (code, _, stderr) = run(face_edge().arg("run").arg("--config").arg(&config));
+        assert_eq!(code, 78, "{stderr}");
+        assert!(
+            stderr.contains(&config.display().to_string())
+                && stderr.contains(key)
+                && stderr.contains("seconds"),
+            "{stderr}"
+        );
+        let (code, _, stderr) = run(face_edge()
+            .args(["gallery", "check", "--config"])
+            .arg(&config));
+        assert_ne!(code, 0);
+        assert!(stderr.contains(key), "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+    // Credentials in the URL are refused without being echoed; a password needs a user name.
+    for (mqtt, key) in [
+        ("url = \"mqtt://edge:s3cret@localhost\"", "mqtt.url"),
+        (
+            "url = \"mqtt://localhost\"\npassword_file = \"pw\"",
+            "mqtt.password_file",
+        ),
+    ] {
+        let config = tmp.path("mqtt.toml");
+        std::fs::write(&config, format!("[mqtt]\n{mqtt}\n")).unwrap();
+        let (code, _, stderr) = run(face_edge()
+            .args(["gallery", "check", "--config"])
+            .arg(&config));
+        assert_ne!(code, 0);
+        assert!(
+            stderr.contains(key) && !stderr.contains("s3cret"),
+            "{stderr}"
+        );
+    }
+    // A configuration every user can change (it can name programs to run) is loaded with a warning.
+    let config = tmp.path("open.toml");
+    std::fs::write(
+        &config,
+        format!("state_dir = \"{}\"\n", tmp.path("state").display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&config, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
+    let (_, _, stderr) = run(face_edge()
+        .args(["gallery", "check", "--config"])
+        .arg(&config));
+    assert!(
+        stderr.contains("every user can write this configuration"),
+        "{stderr}"
+    );
+}

@@ -470,7 +470,11 @@ fn mqtt_requests_enroll_snapshot_and_reload() {
     assert_eq!(reloaded["data"]["forgotten"], json!(["obama"]));
     assert_eq!(reloaded["data"]["people"], 1);
     send_signal(child.id(), "TERM");
-    stderr_of(child);
+    let stderr = stderr_of(child);
+    assert!(
+        !stderr.contains("pipeline stalled"),
+        "no false alarm at start: {stderr}"
+    );
 }
 
 #[test]

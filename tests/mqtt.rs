@@ -757,3 +757,26 @@ fn the_readme_acl_lets_only_the_automation_account_send_or_read_requests() {
     );
     publisher.shutdown(Duration::from_secs(1));
 }
+
+/// Another client using the id face-edge used to take by default does not knock face-edge off.
+#[test]
+fn a_client_with_the_old_default_id_does_not_disconnect_face_edge() {
+    let broker = Mosquitto::start("");
+    let (tx, _rx) = mpsc::channel();
+    let publisher = Publisher::start(&config(&broker.url()), topics(), tx).unwrap();
+    wait_connected(&publisher);
+    let o = rumqttc::MqttOptions::new("face-edge-test-node", "127.0.0.1", broker.port);
+    let (_client, mut connection) = rumqttc::Client::new(o, 10);
+    let connected = connection
+        .iter()
+        .take(5)
+        .any(|e| matches!(e, Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_)))));
+    assert!(connected);
+    std::thread::sleep(Duration::from_secs(2));
+    let s = publisher.status();
+    assert!(
+        s.connected && s.connections == 1 && s.failures == 0,
+        "{s:?}"
+    );
+    publisher.shutdown(Duration::from_secs(1));
+}

@@ -42,13 +42,9 @@ impl GalleryOptions {
             (None, None) => Some(PathBuf::from(DEFAULT_CONFIG_PATH)),
         };
         let mut config = match path {
-            Some(p) => Config::load(&p).with_context(|| {
-                if self.config.is_none() {
-                    "no --config or --gallery given, so the default config was tried".into()
-                } else {
-                    String::new()
-                }
-            })?,
+            Some(p) if self.config.is_none() => Config::load(&p)
+                .context("no --config or --gallery given, so the default config was tried")?,
+            Some(p) => Config::load(&p)?,
             None => Config::without_file(),
         };
         if let Some(g) = &self.gallery {

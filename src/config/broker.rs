@@ -19,6 +19,13 @@ impl BrokerAddress {
         } else {
             return Err(format!("{url:?} must start with mqtt:// or mqtts://"));
         };
+        if rest.contains('@') {
+            // Not echoed: the text before '@' is a password.
+            return Err(
+                "a user name or password in the URL is not supported (it would end up in logs); use username and password_file"
+                    .to_string(),
+            );
+        }
         let rest = rest.trim_end_matches('/');
         let default_port = if tls { 8883 } else { 1883 };
         let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
@@ -53,6 +60,12 @@ impl TryFrom<String> for BrokerAddress {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_in_the_url_are_refused_without_echoing_them() {
+        let e = BrokerAddress::parse("mqtt://edge:s3cret@hub:1883").unwrap_err();
+        assert!(e.contains("password_file") && !e.contains("s3cret"), "{e}");
+    }
 
     #[test]
     fn broker_urls() {

@@ -106,7 +106,7 @@ pub struct MqttConfig {
     /// Topic segment naming this device: `face-edge/<node_id>/...` [default: the host name as a slug].
     #[serde(default)]
     pub node_id: Option<String>,
-    /// [default: face-edge-<node_id>]
+    /// [default: face-edge-<node_id>-<a tag unique to the run>]
     #[serde(default)]
     pub client_id: Option<String>,
     #[serde(default)]
@@ -351,14 +351,16 @@ impl Config {
             path: path.to_path_buf(),
             cause,
         })?;
-        Config::parse(&text, path)
+        let config = Config::parse(&text, path)?;
+        warn_if_others_can_write(path);
+        Ok(config)
     }
 
     /// Parses and validates; relative paths are resolved against the config file's directory.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_path_buf(),
-            message: e.to_string().trim_end().to_string(),
+            message: parse_message(text, &e),
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
         let resolve = |p: &mut PathBuf| {
@@ -407,6 +409,7 @@ impl Config {
             .or_else(|| self.mqtt.as_ref().and_then(MqttConfig::problem))
             .or_else(|| self.camera_problem())
             .or_else(|| self.tracking_problem())
+            .or_else(|| self.service_problem())
             .or_else(|| self.person_problem());
         match problem {
             Some((field, message)) => Err(ConfigError::Invalid {
@@ -463,25 +466,66 @@ impl Config {
 
     fn tracking_problem(&self) -> Option<Problem> {
         let t = &self.tracking;
-        if t.votes == 0
-            || t.unknown_after == 0
-            || t.embed_every == 0
-            || t.recheck_every == 0
-            || t.lost_after_s <= 0.0
-            || t.still_recheck_s <= 0.0
-        {
+        if t.votes == 0 || t.unknown_after == 0 || t.embed_every == 0 || t.recheck_every == 0 {
             return Some((
                 "tracking".into(),
-                "votes, unknown_after, embed_every, recheck_every, lost_after_s and still_recheck_s must be positive".into(),
+                "votes, unknown_after, embed_every and recheck_every must be at least 1".into(),
             ));
         }
-        if !(0.0..=255.0).contains(&t.still_threshold) {
-            return Some((
-                "tracking.still_threshold".into(),
-                "grey levels, 0..255 (0 analyses every frame)".into(),
-            ));
-        }
-        None
+        out_of_range(
+            "tracking.lost_after_s",
+            t.lost_after_s,
+            0.05,
+            3600.0,
+            "seconds",
+        )
+        .or_else(|| {
+            out_of_range(
+                "tracking.still_recheck_s",
+                t.still_recheck_s,
+                0.05,
+                3600.0,
+                "seconds",
+            )
+        })
+        .or_else(|| {
+            out_of_range(
+                "tracking.still_threshold",
+                t.still_threshold,
+                0.0,
+                255.0,
+                "grey levels (0 analyses every frame)",
+            )
+        })
+        .or_else(|| {
+            out_of_range(
+                "tracking.min_face_px",
+                t.min_face_px,
+                0.0,
+                10_000.0,
+                "pixels",
+            )
+        })
+        .or_else(|| out_of_range("tracking.max_turn", t.max_turn, 0.0, 10.0, "eye distances"))
+        .or_else(|| {
+            out_of_range(
+                "tracking.min_sharpness",
+                t.min_sharpness,
+                0.0,
+                1e6,
+                "(Laplacian variance)",
+            )
+        })
+    }
+
+    fn service_problem(&self) -> Option<Problem> {
+        out_of_range(
+            "service.stall_timeout_s",
+            self.service.stall_timeout_s,
+            0.5,
+            86_400.0,
+            "seconds",
+        )
     }
 
     fn person_problem(&self) -> Option<Problem> {
@@ -508,8 +552,68 @@ impl Config {
     }
 }
 
+/// "line L, column C: what" without the toml crate's quotation of the offending text: that text may
+/// be a secret (a password in a URL).
+fn parse_message(text: &str, e: &toml::de::Error) -> String {
+    let what = e.message().trim_end();
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+            let column = before.len() - line_start + 1;
+            // The key the error is about: the table (last header above) and the key on the line.
+            let table = before
+                .lines()
+                .rev()
+                .map(str::trim)
+                .find(|l| l.starts_with('['))
+                .map(|h| h.trim_matches(|c| c == '[' || c == ']').trim());
+            let key = before[line_start..].split_once('=').map(|(k, _)| k.trim());
+            let name = match (table, key) {
+                (Some(t), Some(k)) => format!(" ({t}.{k})"),
+                (None, Some(k)) => format!(" ({k})"),
+                _ => String::new(),
+            };
+            format!("line {line}, column {column}{name}: {what}")
+        }
+        None => what.to_string(),
+    }
+}
+
+/// The configuration names programs to run (exec cameras) and where secrets are: a file every user
+/// can change is worth a warning.
+fn warn_if_others_can_write(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(path)
+        && meta.permissions().mode() & 0o002 != 0
+    {
+        log::warn!(
+            "{}: every user can write this configuration (it can name programs to run); chmod o-w it",
+            path.display()
+        );
+    }
+}
+
 /// A value that fails validation: (the key, as `section.key` or `camera[i].key`, and what is wrong).
 type Problem = (String, String);
+
+/// `value` unless it is a finite number from `low` to `high` (NaN and infinities are refused here, so
+/// that no later conversion, e.g. to a Duration, can panic on them).
+pub(super) fn out_of_range(
+    field: &str,
+    value: f32,
+    low: f32,
+    high: f32,
+    unit: &str,
+) -> Option<Problem> {
+    (!(value.is_finite() && (low..=high).contains(&value))).then(|| {
+        (
+            field.to_string(),
+            format!("{value} is not a number from {low} to {high} {unit}"),
+        )
+    })
+}
 
 impl MqttConfig {
     fn problem(&self) -> Option<Problem> {
@@ -519,6 +623,12 @@ impl MqttConfig {
             return Some((
                 "mqtt.node_id".into(),
                 format!("{n:?}: use lowercase letters, digits, '_' or '-'"),
+            ));
+        }
+        if self.password_file.is_some() && self.username.is_none() {
+            return Some((
+                "mqtt.password_file".into(),
+                "a password needs a username (mqtt.username)".into(),
             ));
         }
         if self.client_cert.is_some() != self.client_key.is_some() {
@@ -536,6 +646,19 @@ impl MqttConfig {
                 "mqtt".into(),
                 "queue_size, keep_alive_s, reconnect_max_s and absence_s must be at least 1".into(),
             ));
+        }
+        // Seconds beyond a week are typing mistakes, and far larger ones overflow the timers; MQTT
+        // carries the keep-alive in 16 bits.
+        const WEEK: u64 = 7 * 86_400;
+        for (field, value, max) in [
+            ("mqtt.keep_alive_s", self.keep_alive_s, u64::from(u16::MAX)),
+            ("mqtt.reconnect_max_s", self.reconnect_max_s, WEEK),
+            ("mqtt.absence_s", self.absence_s, WEEK),
+            ("mqtt.stats_interval_s", self.stats_interval_s, WEEK),
+        ] {
+            if value > max {
+                return Some((field.into(), format!("{value} is more than {max} seconds")));
+            }
         }
         None
     }
@@ -591,6 +714,70 @@ mod tests {
                 !config.camera.is_empty() || config.mqtt.is_some() || !config.person.is_empty(),
                 "{block}"
             );
+        }
+    }
+
+    #[test]
+    fn numbers_that_would_stop_the_service_are_refused_at_load_naming_key_and_unit() {
+        for (text, field, unit) in [
+            (
+                "[service]\nstall_timeout_s = -1.0",
+                "service.stall_timeout_s",
+                "seconds",
+            ),
+            (
+                "[service]\nstall_timeout_s = nan",
+                "service.stall_timeout_s",
+                "seconds",
+            ),
+            (
+                "[tracking]\nstill_recheck_s = nan",
+                "tracking.still_recheck_s",
+                "seconds",
+            ),
+            (
+                "[tracking]\nlost_after_s = nan",
+                "tracking.lost_after_s",
+                "seconds",
+            ),
+            (
+                "[tracking]\nlost_after_s = inf",
+                "tracking.lost_after_s",
+                "seconds",
+            ),
+            (
+                "[tracking]\nmin_sharpness = -3",
+                "tracking.min_sharpness",
+                "Laplacian",
+            ),
+            (
+                "[[camera]]\nname = \"hall\"\nkind = \"files\"\npath = \"x\"\nfps = nan",
+                "camera[0].fps",
+                "frames per second",
+            ),
+            (
+                "[[camera]]\nname = \"hall\"\nkind = \"exec\"\ncommand = [\"x\"]\ndetect_fps = nan",
+                "camera[0].detect_fps",
+                "frames per second",
+            ),
+            (
+                "[[camera]]\nname = \"hall\"\nkind = \"files\"\npath = \"x\"\ndetect_fps = 1e-30",
+                "camera[0].detect_fps",
+                "frames per second",
+            ),
+            (
+                "[mqtt]\nurl = \"mqtt://h\"\nkeep_alive_s = 70000",
+                "mqtt.keep_alive_s",
+                "seconds",
+            ),
+            (
+                "[mqtt]\nurl = \"mqtt://h\"\nabsence_s = 18446744073709551615",
+                "mqtt.absence_s",
+                "seconds",
+            ),
+        ] {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(e.contains(field) && e.contains(unit), "{text}: {e}");
         }
     }
 

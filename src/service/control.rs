@@ -118,7 +118,7 @@ impl Service {
         let stats = self.parts.stats.lock().expect("stats").clone();
         let status = self.status_line(&stats);
         let healthy = cameras_healthy(&self.parts.board, self.health.stall());
-        self.health.tick(&stats, healthy, &status);
+        self.health.tick(&stats, healthy, self.ready, &status);
         if Instant::now() >= self.next_stats {
             let fps = (stats.frames - self.frames_at_last_stats) as f64
                 / self.stats_interval.as_secs_f64();

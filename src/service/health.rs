@@ -24,6 +24,7 @@ pub struct Health {
     last_ping: Instant,
     last_status: Instant,
     was_healthy: bool,
+    started: Instant,
 }
 
 impl Health {
@@ -41,6 +42,7 @@ impl Health {
             last_ping: long_ago,
             last_status: long_ago,
             was_healthy: true,
+            started: Instant::now(),
         }
     }
 
@@ -49,12 +51,11 @@ impl Health {
         self.stall
     }
 
-    /// Pings the watchdog at half its period while the worker is alive and no streaming camera has
-    /// stalled (`cameras_healthy`); updates STATUS= every few seconds.
-    pub fn tick(&mut self, stats: &WorkerStats, cameras_healthy: bool, status: &str) {
-        let worker_alive = stats
-            .heartbeat
-            .is_some_and(|t| t.elapsed() < WORKER_SILENCE);
+    /// Pings the watchdog at half its period, once READY=1 was sent (`ready`), while the worker is alive
+    /// and no streaming camera has stalled (`cameras_healthy`); updates STATUS= every few seconds.
+    pub fn tick(&mut self, stats: &WorkerStats, cameras_healthy: bool, ready: bool, status: &str) {
+        // Before the worker's first heartbeat it is starting, not stalled.
+        let worker_alive = stats.heartbeat.map_or(self.started, |t| t).elapsed() < WORKER_SILENCE;
         let healthy = worker_alive && cameras_healthy;
         if healthy != self.was_healthy {
             if healthy {
@@ -68,6 +69,7 @@ impl Health {
         }
         if let Some(period) = self.watchdog
             && healthy
+            && ready
             && self.last_ping.elapsed() >= period / 2
         {
             let _ = sd_notify::notify(&[NotifyState::Watchdog]);

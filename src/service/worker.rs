@@ -241,6 +241,8 @@ impl Worker {
     }
 
     pub fn run(mut self, control: Receiver<Control>) {
+        // Alive from the start: the first frame (and the models' first run) can take a while.
+        self.stats.lock().expect("stats").heartbeat = Some(Instant::now());
         loop {
             while let Ok(c) = control.try_recv() {
                 if let Control::Stop = c {
