@@ -252,7 +252,8 @@ pub fn sync(
     };
     let key = store_key(pipeline, policy);
     let mut report = SyncReport::default();
-    let previous = load_previous(state_dir, &key, &mut report)?;
+    let dim = pipeline.embedder.spec().output.dim;
+    let previous = load_previous(state_dir, &key, dim, &mut report)?;
     // Reusable outcomes by content hash: only from a store made under the same key.
     let known: HashMap<&str, &StoredImage> = previous
         .iter()
@@ -308,6 +309,7 @@ fn is_read_only(e: &std::io::Error) -> bool {
 fn load_previous(
     state_dir: &Path,
     key: &StoreKey,
+    dim: usize,
     report: &mut SyncReport,
 ) -> Result<Option<StoreData>, StoreError> {
     let previous = match store::load(state_dir) {
@@ -322,6 +324,36 @@ fn load_previous(
         }
         Err(e) => return Err(e),
     };
+    // A store made under these models with a valid checksum can still be forged or come from a buggy
+    // build: embeddings that are not the embedder's size or not unit vectors are never matched against.
+    let bad_embedding = previous
+        .as_ref()
+        .filter(|old| &old.key == key)
+        .and_then(|old| {
+            old.people
+                .iter()
+                .flat_map(|p| &p.images)
+                .filter_map(|i| i.embedding.as_ref().map(|e| (i, e)))
+                .find(|(_, e)| {
+                    let norm = e.iter().map(|x| x * x).sum::<f32>().sqrt();
+                    e.len() != dim || !(0.99..=1.01).contains(&norm)
+                })
+                .map(|(i, e)| {
+                    format!(
+                        "{}: a {}-d embedding where the embedder gives {dim}-d unit vectors",
+                        i.path,
+                        e.len()
+                    )
+                })
+        });
+    if let Some(reason) = bad_embedding {
+        log::warn!(
+            "{}: corrupt store ({reason}); rebuilding it from the enrolment images",
+            store::store_path(state_dir).display()
+        );
+        report.rebuilt = Some(format!("corrupt: {reason}"));
+        return Ok(None);
+    }
     if let Some(old) = previous.as_ref().filter(|old| &old.key != key) {
         report.rebuilt = Some(format!(
             "made with other models or settings (embedder {})",

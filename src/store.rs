@@ -204,6 +204,15 @@ pub fn lock(state_dir: &Path) -> Result<StoreLock, StoreError> {
         path: path.clone(),
         cause,
     };
+    if state_dir.exists() && !state_dir.is_dir() {
+        return Err(StoreError::Io {
+            path: state_dir.to_path_buf(),
+            cause: std::io::Error::new(
+                std::io::ErrorKind::NotADirectory,
+                "the state directory is a file, not a directory",
+            ),
+        });
+    }
     std::fs::create_dir_all(state_dir).map_err(|cause| StoreError::Io {
         path: state_dir.to_path_buf(),
         cause,

@@ -269,3 +269,23 @@ fn impossible_numbers_in_the_config_are_errors_before_anything_runs() {
         "{stderr}"
     );
 }
+
+/// A state directory that is a file is reported once, as such (not "File exists (os error 17)").
+#[test]
+fn a_state_dir_that_is_a_file_is_named_once() {
+    let tmp = TempDir::new("state-file");
+    let state = tmp.path("state");
+    std::fs::write(&state, "not a directory").unwrap();
+    let (code, _, stderr) = run(face_edge()
+        .args(["gallery", "sync", "--model", "mobilefacenet", "--gallery"])
+        .arg(data("photos/gallery"))
+        .arg("--state-dir")
+        .arg(&state));
+    assert_ne!(code, 0);
+    assert_eq!(
+        stderr.matches("is a file, not a directory").count(),
+        1,
+        "{stderr}"
+    );
+    assert!(stderr.contains(&state.display().to_string()), "{stderr}");
+}

@@ -260,6 +260,20 @@ fn a_corrupt_store_is_rebuilt_from_the_images() {
         assert_eq!(data, good);
         assert_eq!(store::load(&state).unwrap().unwrap(), good);
     }
+    // A forged store with a valid checksum: 5-d embeddings where the model gives 128-d unit vectors.
+    let mut forged = good.clone();
+    for person in &mut forged.people {
+        for image in &mut person.images {
+            image.embedding = Some(vec![0.2, 0.4, 0.4, 0.4, 0.7]);
+        }
+    }
+    store::save(&state, &forged).unwrap();
+    let (data, r) = do_sync(&root, &state, &mut p);
+    assert!(
+        r.rebuilt.as_deref().unwrap().contains("a 5-d embedding"),
+        "{r:?}"
+    );
+    assert_eq!(data, good);
 }
 
 #[test]
@@ -423,8 +437,11 @@ fn concurrent_syncs_leave_one_valid_store() {
             String::from_utf8_lossy(&out.stderr)
         );
         let text = String::from_utf8(out.stdout).unwrap();
-        embedded += text
-            .split(" embedded")
+        let summary = text.lines().next().unwrap();
+        let (counts, _) = summary.split_once("; ").unwrap();
+        assert!(counts.ends_with("4 usable, 0 rejected"), "{summary}");
+        embedded += summary
+            .split(" analysed now")
             .next()
             .unwrap()
             .rsplit(' ')

@@ -144,6 +144,14 @@ fn a_device_without_a_usable_format_is_reported_with_what_it_offers() {
         stderr.contains("retrying in"),
         "retried, not fatal: {stderr}"
     );
+    // A node that lists no capture format at all says so (not an empty list).
+    let child = start(&cfg, &frames, &[("FAKECAM_FORMATS", "X")]);
+    std::thread::sleep(patience(5));
+    let stderr = stop(child);
+    assert!(
+        stderr.contains("the device offers: no capture format at all"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -49,8 +49,12 @@ fn failed(path: &std::path::Path, what: &str, e: std::io::Error) -> SourceError 
 
 /// "MJPG 1280x720 640x480, YUYV 640x480" for error messages.
 fn offered(dev: &Device) -> String {
-    let Ok(formats) = dev.enum_formats() else {
-        return "nothing readable".into();
+    let formats = match dev.enum_formats() {
+        Ok(formats) if formats.is_empty() => {
+            return "no capture format at all (is it an output-only or metadata node?)".into();
+        }
+        Ok(formats) => formats,
+        Err(e) => return format!("no format list ({e})"),
     };
     formats
         .iter()

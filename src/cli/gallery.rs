@@ -135,13 +135,15 @@ pub fn run(args: GalleryArgs) -> anyhow::Result<ExitCode> {
 fn run_sync(options: &GalleryOptions) -> anyhow::Result<ExitCode> {
     let g = open_gallery(options)?;
     let r = &g.report;
-    let images: usize = g.data.people.iter().map(|p| p.images.len()).sum();
+    let images: Vec<_> = g.data.people.iter().flat_map(|p| &p.images).collect();
+    let usable = images.iter().filter(|i| i.embedding.is_some()).count();
     println!(
-        "{} people, {images} images: {} embedded, {} unchanged, {} rejected",
+        "{} people, {} images: {usable} usable, {} rejected; {} analysed now, {} reused from the store",
         g.data.people.len(),
+        images.len(),
+        images.len() - usable,
         r.computed,
         r.reused,
-        r.rejected.len()
     );
     if !r.removed_people.is_empty() || r.removed_images > 0 {
         println!(
