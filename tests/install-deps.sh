@@ -2,12 +2,14 @@
 # Installs the Debian/Ubuntu packages that building and testing face-edge need, only those missing, so
 # the README's two commands work on a fresh machine with Rust. Uses sudo when not run as root.
 #   tests/install-deps.sh build   libclang (the v4l crate's bindgen) and a C toolchain
-#   tests/install-deps.sh test    build + mosquitto and openssl (the tests start a broker, make certificates)
+#   tests/install-deps.sh test    build + mosquitto and openssl (the tests start a broker, make certificates),
+#                                 mount and unshare
 #   tests/install-deps.sh ci      test + the aarch64 cross toolchain, qemu, systemd-analyze, python3-venv
 set -euo pipefail
 
 build=(libclang-dev gcc libc6-dev)
-tests=(mosquitto mosquitto-clients openssl)
+# mount, unshare: the read-only state directory test (as root: a read-only bind mount of its own).
+tests=(mosquitto mosquitto-clients openssl mount util-linux)
 ci=(systemd gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static file python3 python3-venv)
 case "${1:-test}" in
   build) wanted=("${build[@]}") ;;

@@ -673,10 +673,10 @@ fn client_as(
     (client, received)
 }
 
-/// The mosquitto ACL the README documents, taken from the README itself, on a real broker: only the
-/// automation account can send face-edge requests, and nobody else can read them (or their token).
+/// The mosquitto ACL the README documents, taken from the README itself, on a real broker: only Home
+/// Assistant's account can send face-edge requests, and no other account can read them (or their token).
 #[test]
-fn the_readme_acl_lets_only_the_automation_account_send_or_read_requests() {
+fn the_readme_acl_lets_only_home_assistants_account_send_or_read_requests() {
     let readme =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
     let start = readme
@@ -687,7 +687,7 @@ fn the_readme_acl_lets_only_the_automation_account_send_or_read_requests() {
     let dir = TempDir::new("acl");
     let (passwords, acl) = (dir.path("passwd"), dir.path("acl"));
     std::fs::write(&acl, acl_text).unwrap();
-    for (i, user) in ["face-edge", "automation", "intruder"]
+    for (i, user) in ["face-edge", "homeassistant", "intruder"]
         .into_iter()
         .enumerate()
     {
@@ -721,8 +721,8 @@ fn the_readme_acl_lets_only_the_automation_account_send_or_read_requests() {
     let (intruder, intruder_saw) = client_as(broker.port, "intruder", "intruder-pw", "face-edge/#");
     let (automation, _) = client_as(
         broker.port,
-        "automation",
-        "automation-pw",
+        "homeassistant",
+        "homeassistant-pw",
         "face-edge/+/response/#",
     );
     let request = "face-edge/test-node/request/reload_gallery";
