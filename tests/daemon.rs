@@ -355,6 +355,22 @@ fn response(sub: &Subscriber, command: &str, transaction: &str, secs: u64) -> Va
         .json()
 }
 
+/// Sends an authorised request and returns its error, asserting that it failed and says `expected`.
+fn refusal(
+    sub: &Subscriber,
+    command: &str,
+    body: Value,
+    transaction: &str,
+    expected: &str,
+) -> String {
+    request(sub, command, body, None, transaction);
+    let answer = response(sub, command, transaction, 60);
+    assert_eq!(answer["status"], "error", "{answer}");
+    let error = answer["error"].as_str().unwrap().to_string();
+    assert!(error.contains(expected), "{command}: {error}");
+    error
+}
+
 /// Every file under `dir` with its bytes (what a refused request must leave as it was).
 fn files_under(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
     let mut out: Vec<_> = walk(dir)
@@ -416,21 +432,12 @@ fn mqtt_requests_enroll_snapshot_and_reload() {
     assert!(dance["error"].as_str().unwrap().contains("unknown command"));
 
     // The stranger's frames may not be added to obama: refused, nothing saved.
-    request(
+    refusal(
         &sub,
         "enroll",
         json!({"person": "obama", "camera": "hall", "frames": 2}),
-        None,
         "poison",
-    );
-    let refused = response(&sub, "enroll", "poison", 60);
-    assert_eq!(refused["status"], "error", "{refused}");
-    assert!(
-        refused["error"]
-            .as_str()
-            .unwrap()
-            .contains("does not match obama"),
-        "{refused}"
+        "does not match obama",
     );
     assert!(!dir.path("state/enrolled/obama").exists());
 
@@ -557,27 +564,10 @@ fn requests_without_the_token_retained_or_turned_off_change_nothing() {
         })
     });
     // Authorised, but turned off in the configuration; snapshots off: nothing published.
-    request(
-        &sub,
-        "enroll",
-        json!({"person": "kit_harington", "frames": 1}),
-        None,
-        "off",
-    );
-    let off = response(&sub, "enroll", "off", 20);
-    assert!(
-        off["error"].as_str().unwrap().contains("turned off"),
-        "{off}"
-    );
-    request(&sub, "snapshot", json!({"camera": "hall"}), None, "snap");
-    let snap = response(&sub, "snapshot", "snap", 20);
-    assert!(
-        snap["error"]
-            .as_str()
-            .unwrap()
-            .contains("snapshots are off"),
-        "{snap}"
-    );
+    let body = json!({"person": "kit_harington", "frames": 1});
+    refusal(&sub, "enroll", body, "off", "turned off");
+    let body = json!({"camera": "hall"});
+    refusal(&sub, "snapshot", body, "snap", "snapshots are off");
     assert!(sub.on("face-edge/e2e/cam/hall/snapshot").is_empty());
     // Nothing in the state directory changed (store bytes, photos).
     assert_eq!(files_under(&state), before);
@@ -630,48 +620,18 @@ fn enrolments_of_two_people_or_of_nobody_save_nothing() {
     sub.wait_for("the stranger", patience(30), |all| {
         events(all).contains(&pair("unknown", None))
     });
-    request(
-        &sub,
-        "enroll",
-        json!({"person": "carol", "camera": "door", "frames": 6}),
-        None,
-        "mixed",
-    );
-    let mixed = response(&sub, "enroll", "mixed", 60);
-    assert!(
-        mixed["error"]
-            .as_str()
-            .unwrap()
-            .contains("more than one person"),
-        "{mixed}"
-    );
-    request(
-        &sub,
-        "enroll",
-        json!({"person": "carol", "camera": "attic", "timeout_s": 2}),
-        None,
-        "nobody",
-    );
-    let nobody = response(&sub, "enroll", "nobody", 30);
+    let body = json!({"person": "carol", "camera": "door", "frames": 6});
+    refusal(&sub, "enroll", body, "mixed", "more than one person");
+    let body = json!({"person": "carol", "camera": "attic", "timeout_s": 2});
+    let nobody = refusal(&sub, "enroll", body, "nobody", "no usable face");
     assert_eq!(
-        nobody["error"],
+        nobody,
         "no usable face for 2 s (0 of 5 frames collected); nothing was saved"
     );
     assert!(!dir.path("state/enrolled").exists());
     // The next enrolment is not blocked by the one that timed out.
-    request(
-        &sub,
-        "enroll",
-        json!({"person": "carol", "camera": "attic", "timeout_s": 1}),
-        None,
-        "again",
-    );
-    assert!(
-        response(&sub, "enroll", "again", 30)["error"]
-            .as_str()
-            .unwrap()
-            .contains("no usable face")
-    );
+    let body = json!({"person": "carol", "camera": "attic", "timeout_s": 1});
+    refusal(&sub, "enroll", body, "again", "no usable face");
     send_signal(child.id(), "TERM");
     stderr_of(child);
 }
