@@ -4,7 +4,7 @@
 //! Pure: embeddings and the gallery in, a verdict out.
 
 use crate::embed::cosine;
-use crate::gallery::{Gallery, GalleryPerson};
+use crate::gallery::Gallery;
 
 /// Why an enrolment saved nothing.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -123,29 +123,10 @@ fn best_similarity(face: &[f32], embeddings: &[Vec<f32>]) -> f32 {
         .fold(-1.0, f32::max)
 }
 
-/// The person's entry once these faces are enrolled.
-pub(crate) fn enrolled_person(
-    gallery: &Gallery,
-    person: &str,
-    faces: &[Vec<f32>],
-    replace: bool,
-) -> GalleryPerson {
-    let existing = gallery.people().iter().find(|p| p.id == person);
-    let mut embeddings = match existing {
-        Some(p) if !replace => p.embeddings.clone(),
-        _ => vec![],
-    };
-    embeddings.extend(faces.iter().cloned());
-    GalleryPerson {
-        id: person.to_string(),
-        name: existing.map_or_else(|| person.to_string(), |p| p.name.clone()),
-        embeddings,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gallery::GalleryPerson;
 
     fn unit(angle_deg: f32) -> Vec<f32> {
         let a = angle_deg.to_radians();

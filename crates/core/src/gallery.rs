@@ -207,14 +207,22 @@ impl Gallery {
     /// This gallery with `faces` enrolled for `person` (added to their photos, or replacing them),
     /// recalibrated unless the threshold is fixed.
     pub fn with_person(&self, person: &str, faces: &[Vec<f32>], replace: bool) -> Gallery {
-        let entry = crate::enrolment::enrolled_person(self, person, faces, replace);
-        let mut people: Vec<GalleryPerson> = self
-            .people
+        let mut people = self.people.clone();
+        let index = people
             .iter()
-            .filter(|p| p.id != person)
-            .cloned()
-            .collect();
-        people.push(entry);
+            .position(|p| p.id == person)
+            .unwrap_or_else(|| {
+                people.push(GalleryPerson {
+                    id: person.to_string(),
+                    name: person.to_string(),
+                    embeddings: vec![],
+                });
+                people.len() - 1
+            });
+        if replace {
+            people[index].embeddings.clear();
+        }
+        people[index].embeddings.extend(faces.iter().cloned());
         let fixed = (self.threshold_source == ThresholdSource::Fixed).then_some(self.threshold);
         Gallery::new(people, self.model, fixed, self.margin)
     }

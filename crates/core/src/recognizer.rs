@@ -228,9 +228,23 @@ impl Recognizer {
         step.effects.extend(left.into_iter().map(Effect::Track));
         let embedded = self.embed_assigned(frame, &faces, &assignments, models);
         step.embedded = embedded.len();
+        // An enrolment reuses the embedding the tracker made of the frame's only face, if it made one.
+        let only_face_embedding = embedded
+            .iter()
+            .find(|e| faces.len() == 1 && e.detection == 0)
+            .map(|e| e.embedding.clone());
         self.decide(embedded, gallery, captured, &mut step.effects);
         self.still_seen(captured, &mut step.effects);
-        self.enrolment_photo(frame, &faces, models, gallery, &mut step.effects);
+        if self.enrolment.is_some() {
+            self.enrolment_photo(
+                frame,
+                &faces,
+                only_face_embedding,
+                models,
+                gallery,
+                &mut step.effects,
+            );
+        }
         self.last_faces = faces;
         Ok(step)
     }
@@ -256,14 +270,10 @@ impl Recognizer {
         let mut embedded = vec![];
         for a in assignments.iter().filter(|a| a.embed) {
             let face = &faces[a.detection];
-            let result = face_quality(face, &self.settings)
-                .ok()
-                .and_then(|_| models.align(frame, face))
-                .filter(|crop| sharpness(crop) >= self.settings.min_sharpness)
-                .and_then(|crop| models.embed(&crop).map(|e| (crop, e)));
-            match result {
+            match self.gated_embedding(frame, face, models) {
                 Some((crop, embedding)) => embedded.push(EmbeddedTrack {
                     track_id: a.track_id,
+                    detection: a.detection,
                     size: face.width().max(face.height()),
                     crop,
                     embedding,
@@ -272,6 +282,22 @@ impl Recognizer {
             }
         }
         embedded
+    }
+
+    /// The quality gates in order (size and turn, alignment, sharpness), then the embedding: the crop
+    /// and its embedding, or None when a gate refuses the face or the network fails.
+    fn gated_embedding(
+        &self,
+        frame: &RgbImage,
+        face: &Detection,
+        models: &mut impl FaceModels,
+    ) -> Option<(RgbImage, Vec<f32>)> {
+        face_quality(face, &self.settings).ok()?;
+        let crop = models
+            .align(frame, face)
+            .filter(|crop| sharpness(crop) >= self.settings.min_sharpness)?;
+        let embedding = models.embed(&crop)?;
+        Some((crop, embedding))
     }
 
     /// The gallery's joint decision for this frame's embeddings, voted on per track; a decided track's
@@ -307,25 +333,23 @@ impl Recognizer {
         }
     }
 
-    /// While enrolling, a frame showing exactly one usable face (size, turn, alignment, sharpness) is
-    /// collected; once enough are, they are checked against poisoning and the verdict returned.
+    /// While enrolling, a frame showing exactly one usable face (the tracker's gates) is collected;
+    /// once enough are, they are checked against poisoning and the verdict returned. `embedded`: the
+    /// face's embedding when the tracker already made it this frame.
     fn enrolment_photo(
         &mut self,
         frame: &RgbImage,
         faces: &[Detection],
+        embedded: Option<Vec<f32>>,
         models: &mut impl FaceModels,
         gallery: &Gallery,
         effects: &mut Vec<Effect>,
     ) {
         let [face] = faces else { return };
-        if self.enrolment.is_none() || face_quality(face, &self.settings).is_err() {
-            return;
-        }
-        let Some(embedding) = models
-            .align(frame, face)
-            .filter(|crop| sharpness(crop) >= self.settings.min_sharpness)
-            .and_then(|crop| models.embed(&crop))
-        else {
+        let Some(embedding) = embedded.or_else(|| {
+            self.gated_embedding(frame, face, models)
+                .map(|(_, embedding)| embedding)
+        }) else {
             return;
         };
         let mut jpeg = Vec::new();
@@ -361,6 +385,8 @@ impl Recognizer {
 /// A face of this frame that passed the gates and was embedded.
 struct EmbeddedTrack {
     track_id: u64,
+    /// Its index among the frame's detections.
+    detection: usize,
     size: f32,
     crop: RgbImage,
     embedding: Vec<f32>,
