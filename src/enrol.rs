@@ -312,7 +312,9 @@ fn load_previous(
     dim: usize,
     report: &mut SyncReport,
 ) -> Result<Option<StoreData>, StoreError> {
-    let previous = match store::load(state_dir) {
+    let loaded =
+        store::load(state_dir).and_then(|previous| check_embeddings(previous, key, dim, state_dir));
+    let previous = match loaded {
         Ok(previous) => previous,
         Err(StoreError::Corrupt { path, reason }) => {
             log::warn!(
@@ -324,36 +326,6 @@ fn load_previous(
         }
         Err(e) => return Err(e),
     };
-    // A store made under these models with a valid checksum can still be forged or come from a buggy
-    // build: embeddings that are not the embedder's size or not unit vectors are never matched against.
-    let bad_embedding = previous
-        .as_ref()
-        .filter(|old| &old.key == key)
-        .and_then(|old| {
-            old.people
-                .iter()
-                .flat_map(|p| &p.images)
-                .filter_map(|i| i.embedding.as_ref().map(|e| (i, e)))
-                .find(|(_, e)| {
-                    let norm = e.iter().map(|x| x * x).sum::<f32>().sqrt();
-                    e.len() != dim || !(0.99..=1.01).contains(&norm)
-                })
-                .map(|(i, e)| {
-                    format!(
-                        "{}: a {}-d embedding where the embedder gives {dim}-d unit vectors",
-                        i.path,
-                        e.len()
-                    )
-                })
-        });
-    if let Some(reason) = bad_embedding {
-        log::warn!(
-            "{}: corrupt store ({reason}); rebuilding it from the enrolment images",
-            store::store_path(state_dir).display()
-        );
-        report.rebuilt = Some(format!("corrupt: {reason}"));
-        return Ok(None);
-    }
     if let Some(old) = previous.as_ref().filter(|old| &old.key != key) {
         report.rebuilt = Some(format!(
             "made with other models or settings (embedder {})",
@@ -361,6 +333,39 @@ fn load_previous(
         ));
     }
     Ok(previous)
+}
+
+/// A store made under these models with a valid checksum can still be forged or come from a buggy
+/// build: one whose embeddings are not the embedder's `dim`-d unit vectors is corrupt, never matched.
+fn check_embeddings(
+    previous: Option<StoreData>,
+    key: &StoreKey,
+    dim: usize,
+    state_dir: &Path,
+) -> Result<Option<StoreData>, StoreError> {
+    let Some(old) = previous.as_ref().filter(|old| &old.key == key) else {
+        return Ok(previous);
+    };
+    let bad = old
+        .people
+        .iter()
+        .flat_map(|p| &p.images)
+        .filter_map(|i| i.embedding.as_ref().map(|e| (i, e)))
+        .find(|(_, e)| {
+            let norm = e.iter().map(|x| x * x).sum::<f32>().sqrt();
+            e.len() != dim || !(0.99..=1.01).contains(&norm)
+        });
+    match bad {
+        Some((image, e)) => Err(StoreError::Corrupt {
+            path: store::store_path(state_dir),
+            reason: format!(
+                "{}: a {}-d embedding where the embedder gives {dim}-d unit vectors",
+                image.path,
+                e.len()
+            ),
+        }),
+        None => Ok(previous),
+    }
 }
 
 /// One enrolment photo: its stored outcome when its content is `known`, else embedded now.

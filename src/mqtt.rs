@@ -85,21 +85,21 @@ pub struct Publisher {
 /// Reads the broker password: the configured file, else systemd's credential `mqtt-password`; an empty
 /// file means no password (the package installs one so the unit's LoadCredential= finds it).
 pub fn read_password(config: &MqttConfig) -> Result<Option<String>, MqttError> {
-    read_secret(
+    let secret = read_secret(
         config.password_file.as_deref(),
         "mqtt-password",
         "password file",
-    )
+    )?;
+    Ok(secret.map(|(_, text)| text))
 }
 
 /// Reads the token requests must carry: `[mqtt.requests] token_file`, else systemd's credential
 /// `request-token`. None (and every request refused) when neither exists or the file is empty.
 pub fn read_request_token(config: &MqttConfig) -> Result<Option<RequestToken>, MqttError> {
     let file = config.requests.token_file.as_deref();
-    let Some(secret) = read_secret(file, "request-token", "request token file")? else {
+    let Some((path, secret)) = read_secret(file, "request-token", "request token file")? else {
         return Ok(None);
     };
-    let path = file.map_or_else(|| credential("request-token"), Path::to_path_buf);
     RequestToken::new(secret.trim())
         .map(Some)
         .map_err(|e| MqttError::File {
@@ -112,9 +112,13 @@ fn credential(name: &str) -> PathBuf {
     Path::new(&std::env::var_os("CREDENTIALS_DIRECTORY").unwrap_or_default()).join(name)
 }
 
-/// The first line of `file`, else of systemd's credential `name` when it exists. Warns when the file
-/// is readable by other users.
-fn read_secret(file: Option<&Path>, name: &str, what: &str) -> Result<Option<String>, MqttError> {
+/// The file read and its first line: `file`, else systemd's credential `name` when it exists. Warns
+/// when the file is readable by other users.
+fn read_secret(
+    file: Option<&Path>,
+    name: &str,
+    what: &str,
+) -> Result<Option<(PathBuf, String)>, MqttError> {
     let path = match file {
         Some(p) => p.to_path_buf(),
         None if std::env::var_os("CREDENTIALS_DIRECTORY").is_some()
@@ -136,11 +140,8 @@ fn read_secret(file: Option<&Path>, name: &str, what: &str) -> Result<Option<Str
         );
     }
     let text = std::fs::read_to_string(&path).map_err(|e| file_err(format!("{what}: {e}")))?;
-    Ok(text
-        .lines()
-        .next()
-        .filter(|line| !line.is_empty())
-        .map(str::to_string))
+    let first = text.lines().next().filter(|line| !line.is_empty());
+    Ok(first.map(|line| (path, line.to_string())))
 }
 
 fn tls_config(config: &MqttConfig) -> Result<rustls::ClientConfig, MqttError> {
@@ -465,26 +466,22 @@ impl Link {
                 self.incoming.handle(Incoming::HomeAssistantOnline);
             }
         } else if let Some(command) = self.topics.request_command(topic) {
-            let bad = |error: CommandError| Incoming::BadRequest {
-                command: command.to_string(),
-                error: error.to_string(),
-            };
             // The broker marks a message retained only when it replays a stored one to a new
             // subscription, i.e. at every (re)connect: running it would repeat it each time.
-            let message = if retained {
-                bad(CommandError::Retained)
+            let request = if retained {
+                Err(CommandError::Retained.to_string())
             } else if payload.len() > MAX_REQUEST_BYTES {
-                bad(CommandError::TooLarge(payload.len()))
+                Err(CommandError::TooLarge(payload.len()).to_string())
             } else {
-                match parse_request(command, payload) {
-                    Ok(r) => Incoming::Request(r),
-                    Err(error) => Incoming::BadRequest {
-                        command: command.to_string(),
-                        error,
-                    },
-                }
+                parse_request(command, payload)
             };
-            self.incoming.handle(message);
+            self.incoming.handle(match request {
+                Ok(r) => Incoming::Request(r),
+                Err(error) => Incoming::BadRequest {
+                    command: command.to_string(),
+                    error,
+                },
+            });
         }
     }
 

@@ -83,7 +83,6 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
     let s = split(&embedded, args.enrol);
     let people = gallery_people(&s.enrolled);
     let model = pipeline.embedder.spec().output.stranger_model();
-    let visits: Vec<(Vec<Vec<f32>>, Option<String>)> = s.visits.clone();
     let rules = [
         (
             "calibrated",
@@ -110,7 +109,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
                 *label,
                 g.threshold(),
                 evaluate(g, &s.probes),
-                evaluate_visits(g, &visits, args.votes),
+                evaluate_visits(g, &s.visits, args.votes),
             )
         })
         .collect();

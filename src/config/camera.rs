@@ -140,12 +140,7 @@ impl CameraConfig {
     /// The first problem with this camera's values: (key, message).
     pub(super) fn problem(&self) -> Option<(&'static str, String)> {
         let positive = |key: &'static str, v: f32| {
-            (!(v.is_finite() && (0.01..=1000.0).contains(&v))).then(|| {
-                (
-                    key,
-                    format!("{v} is not a number from 0.01 to 1000 frames per second"),
-                )
-            })
+            super::out_of_range(key, v, 0.01, 1000.0, "frames per second").map(|(_, m)| (key, m))
         };
         match self {
             CameraConfig::V4l2(c) => positive("fps", c.fps)

@@ -149,7 +149,9 @@ pub struct MqttConfig {
     pub requests: RequestsConfig,
 }
 
-/// `[mqtt.requests]`: the commands accepted over MQTT and the token every request must carry.
+/// `[mqtt.requests]`: the commands accepted over MQTT and the token every request must carry. The
+/// switches repeat `AllowedCommands`' fields because serde cannot flatten into a struct that refuses
+/// unknown keys.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RequestsConfig {
@@ -472,50 +474,46 @@ impl Config {
                 "votes, unknown_after, embed_every and recheck_every must be at least 1".into(),
             ));
         }
-        out_of_range(
-            "tracking.lost_after_s",
-            t.lost_after_s,
-            0.05,
-            3600.0,
-            "seconds",
-        )
-        .or_else(|| {
-            out_of_range(
+        [
+            (
+                "tracking.lost_after_s",
+                t.lost_after_s,
+                0.05,
+                3600.0,
+                "seconds",
+            ),
+            (
                 "tracking.still_recheck_s",
                 t.still_recheck_s,
                 0.05,
                 3600.0,
                 "seconds",
-            )
-        })
-        .or_else(|| {
-            out_of_range(
+            ),
+            (
                 "tracking.still_threshold",
                 t.still_threshold,
                 0.0,
                 255.0,
                 "grey levels (0 analyses every frame)",
-            )
-        })
-        .or_else(|| {
-            out_of_range(
+            ),
+            (
                 "tracking.min_face_px",
                 t.min_face_px,
                 0.0,
                 10_000.0,
                 "pixels",
-            )
-        })
-        .or_else(|| out_of_range("tracking.max_turn", t.max_turn, 0.0, 10.0, "eye distances"))
-        .or_else(|| {
-            out_of_range(
+            ),
+            ("tracking.max_turn", t.max_turn, 0.0, 10.0, "eye distances"),
+            (
                 "tracking.min_sharpness",
                 t.min_sharpness,
                 0.0,
                 1e6,
                 "(Laplacian variance)",
-            )
-        })
+            ),
+        ]
+        .into_iter()
+        .find_map(|(field, value, low, high, unit)| out_of_range(field, value, low, high, unit))
     }
 
     fn service_problem(&self) -> Option<Problem> {
@@ -600,13 +598,7 @@ type Problem = (String, String);
 
 /// `value` unless it is a finite number from `low` to `high` (NaN and infinities are refused here, so
 /// that no later conversion, e.g. to a Duration, can panic on them).
-pub(super) fn out_of_range(
-    field: &str,
-    value: f32,
-    low: f32,
-    high: f32,
-    unit: &str,
-) -> Option<Problem> {
+fn out_of_range(field: &str, value: f32, low: f32, high: f32, unit: &str) -> Option<Problem> {
     (!(value.is_finite() && (low..=high).contains(&value))).then(|| {
         (
             field.to_string(),

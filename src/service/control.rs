@@ -214,7 +214,7 @@ impl Service {
     }
 
     fn on_incoming(&mut self, message: Incoming) {
-        let request = match message {
+        let mut request = match message {
             Incoming::HomeAssistantOnline => {
                 let _ = self.parts.to_worker.send(Control::Republish);
                 return;
@@ -230,7 +230,6 @@ impl Service {
             }
             Incoming::Request(r) => r,
         };
-        let mut request = request;
         let requester = Requester {
             command: request.command.clone(),
             transaction: request.transaction.clone(),

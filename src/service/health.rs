@@ -55,7 +55,7 @@ impl Health {
     /// and no streaming camera has stalled (`cameras_healthy`); updates STATUS= every few seconds.
     pub fn tick(&mut self, stats: &WorkerStats, cameras_healthy: bool, ready: bool, status: &str) {
         // Before the worker's first heartbeat it is starting, not stalled.
-        let worker_alive = stats.heartbeat.map_or(self.started, |t| t).elapsed() < WORKER_SILENCE;
+        let worker_alive = stats.heartbeat.unwrap_or(self.started).elapsed() < WORKER_SILENCE;
         let healthy = worker_alive && cameras_healthy;
         if healthy != self.was_healthy {
             if healthy {

@@ -575,8 +575,7 @@ impl Worker {
             Ok(saved) => saved,
             Err(err) => {
                 return pending.reply.send(Err(CommandError::Failed(format!(
-                    "cannot save enrolment photos in {}: {err}",
-                    dir.display()
+                    "cannot save enrolment photos: {err}"
                 ))));
             }
         };
@@ -679,20 +678,23 @@ pub fn cameras_healthy(board: &FrameBoard, stall: Duration) -> bool {
     })
 }
 
-/// Writes `photos` into `dir` as new files, mode 0600, each synced before the next; with `replace`,
-/// then removes the JPEGs that were there before. Returns the paths written.
+/// Writes `photos` into `dir` (created 0700) with the store's atomic writer (mode 0600, fsync of the
+/// file and the directory); with `replace`, then removes the JPEGs that were there before. Returns the
+/// paths written.
 fn write_enrolment_photos(
     dir: &std::path::Path,
     photos: &[Vec<u8>],
     replace: bool,
-) -> std::io::Result<Vec<String>> {
-    use std::io::Write;
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+) -> Result<Vec<String>, String> {
+    use std::os::unix::fs::DirBuilderExt;
+    let io = |e: std::io::Error| format!("{}: {e}", dir.display());
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
-        .create(dir)?;
-    let earlier: Vec<std::path::PathBuf> = std::fs::read_dir(dir)?
+        .create(dir)
+        .map_err(io)?;
+    let earlier: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
+        .map_err(io)?
         .flatten()
         .map(|e| e.path())
         .filter(|p| p.extension().is_some_and(|x| x == "jpg"))
@@ -702,19 +704,13 @@ fn write_enrolment_photos(
         .replace([':', '.'], "-");
     let mut saved = vec![];
     for (i, jpeg) in photos.iter().enumerate() {
-        let path = dir.join(format!("{stamp}-{i}.jpg"));
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)?;
-        file.write_all(jpeg)?;
-        file.sync_all()?;
-        saved.push(path.display().to_string());
+        let name = format!("{stamp}-{i}.jpg");
+        crate::store::write_atomically(dir, &name, jpeg).map_err(|e| e.to_string())?;
+        saved.push(dir.join(name).display().to_string());
     }
     if replace {
         for old in earlier {
-            std::fs::remove_file(old)?;
+            std::fs::remove_file(&old).map_err(|e| format!("{}: {e}", old.display()))?;
         }
     }
     Ok(saved)
