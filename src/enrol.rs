@@ -4,8 +4,8 @@
 
 use crate::config::{Config, EnrolPolicy, ThresholdSetting};
 use crate::detect::main_face;
-use crate::gallery::person_id_from_folder;
 use crate::gallery::{Gallery, GalleryPerson, StrangerModel};
+use crate::gallery::{display_name, person_id_from_folder};
 use crate::image_io::{decode_rgb, expand_inputs, has_image_extension};
 use crate::pipeline::FacePipeline;
 use crate::store::{
@@ -58,7 +58,7 @@ pub fn enrolled_dir(state_dir: &Path) -> PathBuf {
 }
 
 /// Reads the gallery directory and the `[[person]]` entries (globs expanded, sorted, de-duplicated).
-/// A folder's person id is `person_id_from_folder` of its name and its display name the folder name.
+/// A folder's person id is `person_id_from_folder` of its name and its display name `display_name` of it.
 pub fn collect_sources(config: &Config) -> Result<GallerySources, IdCollision> {
     let mut out = GallerySources::default();
     let mut people: BTreeMap<String, PersonSource> = BTreeMap::new();
@@ -109,7 +109,7 @@ pub fn collect_sources(config: &Config) -> Result<GallerySources, IdCollision> {
             }
             let images = expand_inputs(std::slice::from_ref(&folder));
             let entry = people.entry(id.clone()).or_insert_with(|| PersonSource {
-                name,
+                name: display_name(&name),
                 id,
                 images: vec![],
             });
@@ -119,7 +119,7 @@ pub fn collect_sources(config: &Config) -> Result<GallerySources, IdCollision> {
     for p in &config.person {
         let entry = people.entry(p.id.clone()).or_insert_with(|| PersonSource {
             id: p.id.clone(),
-            name: p.id.clone(),
+            name: display_name(&p.id),
             images: vec![],
         });
         if let Some(name) = &p.name {

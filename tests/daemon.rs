@@ -681,6 +681,12 @@ fn a_person_removed_while_stopped_is_removed_from_home_assistant_at_the_next_sta
         serde_json::json!({"p": "device_tracker"})
     );
     assert!(cmps["obama_presence"].get("state_topic").is_some());
+    // Their retained state is cleared too (tests/home_assistant.rs checks the order against Home
+    // Assistant itself).
+    let states = Subscriber::start(broker.port, "face-edge/e2e/person/+/state");
+    std::thread::sleep(Duration::from_millis(500));
+    let retained: Vec<String> = states.all().iter().map(|m| m.topic.clone()).collect();
+    assert_eq!(retained, vec!["face-edge/e2e/person/obama/state"]);
 }
 
 #[test]

@@ -3,8 +3,10 @@
 # the README's two commands work on a fresh machine with Rust. Uses sudo when not run as root.
 #   tests/install-deps.sh build   libclang (the v4l crate's bindgen) and a C toolchain
 #   tests/install-deps.sh test    build + mosquitto and openssl (the tests start a broker, make certificates),
-#                                 mount and unshare
-#   tests/install-deps.sh ci      test + the aarch64 cross toolchain, qemu, systemd-analyze, python3-venv
+#                                 mount and unshare, and Home Assistant Core in target/home-assistant
+#                                 (tests/install-home-assistant.sh; needs Python 3.13, else its test says so)
+#   tests/install-deps.sh ci      the packages of test + the aarch64 cross toolchain, qemu, systemd-analyze,
+#                                 python3-venv (.ci/run installs Home Assistant itself, while it builds)
 set -euo pipefail
 
 build=(libclang-dev gcc libc6-dev)
@@ -22,9 +24,15 @@ missing=()
 for package in "${wanted[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
 done
-[ ${#missing[@]} -eq 0 ] && exit 0
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then sudo=(); else sudo=(sudo); fi
+  echo "installing: ${missing[*]}" >&2
+  "${sudo[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
 
-if [ "$(id -u)" = 0 ]; then sudo=(); else sudo=(sudo); fi
-echo "installing: ${missing[*]}" >&2
-"${sudo[@]}" apt-get update -qq
-DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+if [ "${1:-test}" = test ]; then
+  "$(dirname "$0")/install-home-assistant.sh" ||
+    echo "Home Assistant not installed: tests/home_assistant.rs will report that it did not run" >&2
+fi
+exit 0

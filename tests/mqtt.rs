@@ -133,8 +133,10 @@ fn availability_discovery_states_events_and_requests_arrive_as_documented() {
     assert_eq!(
         keys,
         vec![
+            "alice_location",
             "alice_presence",
             "alice_tracker",
+            "bob_location",
             "bob_presence",
             "bob_tracker",
             "embed_ms",
@@ -156,10 +158,12 @@ fn availability_discovery_states_events_and_requests_arrive_as_documented() {
         "face_edge_test-node_alice_presence"
     );
     assert_eq!(cmps["bob_tracker"]["p"], "device_tracker");
+    // The tracker says only home / not_home; the location sensor says where.
     assert_eq!(
         cmps["bob_tracker"]["value_template"],
-        "{{ value_json.state }}"
+        "{{ ('home' if value_json.state != 'not_home' else 'not_home') if value_json is defined else '' }}"
     );
+    assert_eq!(cmps["bob_location"]["p"], "sensor");
     assert_eq!(cmps["hall_event"]["p"], "event");
     assert_eq!(
         cmps["hall_event"]["state_topic"],

@@ -301,6 +301,7 @@ pub struct PersonConfig {
 }
 
 pub use face_edge_core::events::is_valid_id as is_valid_person_id;
+use face_edge_core::events::{AWAY, NOT_HOME};
 
 /// Where commands run without a configuration file keep the store: the user's cache directory
 /// (`$XDG_CACHE_HOME/face-edge`, else `~/.cache/face-edge`, else a per-user directory under the
@@ -454,6 +455,15 @@ impl Config {
                 return Some((
                     field("name"),
                     format!("{:?}: use lowercase letters, digits, '_' or '-'", c.name()),
+                ));
+            }
+            if [NOT_HOME, AWAY].contains(&c.name()) {
+                return Some((
+                    field("name"),
+                    format!(
+                        "{:?} is reserved: it is what a person's state says when they are not in view of any camera",
+                        c.name()
+                    ),
                 ));
             }
             if !names.insert(c.name()) {

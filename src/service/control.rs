@@ -4,8 +4,8 @@
 
 use super::worker::{Control, WorkerStats, cameras_healthy};
 use super::{
-    Answer, ConfigSource, Ending, Event, Reply, Requester, frame_board, health, pipeline_for,
-    start_captures,
+    Answer, ConfigSource, Ending, Event, Origin, Reply, Requester, frame_board, health,
+    pipeline_for, start_captures,
 };
 use crate::camera::{CameraState, Capture, FrameBoard};
 use crate::config::Config;
@@ -202,9 +202,15 @@ impl Service {
     }
 
     fn respond(&self, request: &Requester, answer: Answer) {
-        self.parts
-            .sink
-            .send(response(&self.parts.topics, request, answer));
+        match (request.origin, answer) {
+            (Origin::Mqtt, answer) => {
+                self.parts
+                    .sink
+                    .send(response(&self.parts.topics, request, answer))
+            }
+            (Origin::Signal, Ok(data)) => log::info!("{} done: {data}", request.command),
+            (Origin::Signal, Err(e)) => log::error!("{} failed: {e}", request.command),
+        }
     }
 
     /// A reply handle for `request`, counted until it is answered.
@@ -233,6 +239,7 @@ impl Service {
         let requester = Requester {
             command: request.command.clone(),
             transaction: request.transaction.clone(),
+            origin: Origin::Mqtt,
         };
         if let Err(e) = self.parts.authoriser.check(&mut request) {
             log::warn!("request {:?} refused: {e}", request.command);
@@ -319,6 +326,7 @@ impl Service {
         let reply = self.reply(Requester {
             command: "reload".into(),
             transaction: None,
+            origin: Origin::Signal,
         });
         let config = Box::new(self.with_runtime_parts(new.clone()));
         let _ = self.parts.to_worker.send(Control::Resync(config, reply));
@@ -375,7 +383,9 @@ impl Service {
         let parts = self.parts;
         let _ = parts.worker.join();
         for event in inbox.try_iter() {
-            if let Event::Answered { request, answer } = event {
+            if let Event::Answered { request, answer } = event
+                && request.origin == Origin::Mqtt
+            {
                 parts.sink.send(response(&parts.topics, &request, answer));
             }
         }

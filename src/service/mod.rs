@@ -3,6 +3,7 @@
 //! signals, requests from MQTT, the worker's answers, camera state changes and a one-second tick all
 //! arrive on one channel.
 
+mod announced;
 mod control;
 pub mod health;
 mod worker;
@@ -127,11 +128,19 @@ enum Event {
 /// The outcome of a request: data for the response, or why it failed.
 type Answer = Result<Value, CommandError>;
 
-/// Who asked: the command (the MQTT spelling, also the response topic) and its transaction.
+/// Who asked: the command (the MQTT spelling, also the response topic), its transaction, and whether
+/// the answer goes back over MQTT (a request) or only to the log (SIGHUP: nobody asked on the broker).
 #[derive(Debug, Clone)]
 struct Requester {
     command: String,
     transaction: Option<Value>,
+    origin: Origin,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    Mqtt,
+    Signal,
 }
 
 /// Where the worker sends the answer to one request. Dropped unanswered, it answers "dropped", so the
@@ -362,6 +371,7 @@ mod tests {
         Requester {
             command: "snapshot".into(),
             transaction: Some(serde_json::json!(7)),
+            origin: Origin::Mqtt,
         }
     }
 

@@ -3,7 +3,7 @@
 //! messages to the sink, enrolment photos to the state directory, gallery syncs. It owns the models, the
 //! recognizers and the gallery, so no lock is held while a frame is processed.
 
-use super::{Answer, Event, Reply};
+use super::{Answer, Event, Reply, announced};
 use crate::camera::{CameraState, Frame, FrameBoard};
 use crate::config::Config;
 use crate::enrol::{collect_sources, enrolled_dir, load_gallery};
@@ -17,7 +17,7 @@ use face_edge_core::recognizer::{Effect, Enrolment, FaceModels, Recognizer, Reco
 use face_edge_core::report::Reporter;
 use image::RgbImage;
 use serde_json::json;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -102,7 +102,10 @@ pub struct Worker {
     sink: Arc<Sink>,
     topics: Topics,
     reporter: Reporter,
+    /// Components of the last discovery document (people and cameras that leave are removed).
     discovered: BTreeMap<String, &'static str>,
+    /// People whose retained state is on the broker (cleared when they leave the gallery).
+    published_people: BTreeSet<String>,
     stats: Arc<Mutex<WorkerStats>>,
     enrolment: Option<PendingEnrolment>,
     events: Sender<Event>,
@@ -182,7 +185,8 @@ impl Worker {
             .map(|c| camera_runtime(c, &config))
             .collect();
         Worker {
-            discovered: load_discovered(&config.state_dir),
+            discovered: announced::load_discovered(&config.state_dir),
+            published_people: announced::load_published_people(&config.state_dir),
             config,
             pipeline: setup.pipeline,
             gallery: setup.gallery,
@@ -207,9 +211,23 @@ impl Worker {
     /// Announces the device with these enrolled people (id -> name): every person's state (an empty
     /// retained state for people who left) and discovery when enabled.
     pub fn announce(&mut self, names: BTreeMap<String, String>) {
-        let messages = self.reporter.set_people(names);
-        self.send(messages);
+        // People who left while face-edge was stopped are unknown to the reporter: clear them here.
+        let left_while_stopped: Vec<Message> = self
+            .published_people
+            .iter()
+            .filter(|id| !names.contains_key(*id) && !self.reporter.names().contains_key(*id))
+            .map(|id| Message::state(self.topics.person_state(id), vec![]))
+            .collect();
+        let people: BTreeSet<String> = names.keys().cloned().collect();
+        let states = self.reporter.set_people(names);
+        // Discovery first: Home Assistant drops a departed person's entities before their retained
+        // state is cleared, so it never renders the empty payload that clears it.
         self.publish_discovery();
+        self.send(left_while_stopped.into_iter().chain(states));
+        if people != self.published_people {
+            announced::save_published_people(&self.config.state_dir, &people);
+            self.published_people = people;
+        }
     }
 
     fn publish_discovery(&mut self) {
@@ -234,7 +252,7 @@ impl Worker {
         };
         let (message, current) = discovery(&self.topics, &input, &self.discovered);
         if current != self.discovered {
-            save_discovered(&self.config.state_dir, &current);
+            announced::save_discovered(&self.config.state_dir, &current);
         }
         self.discovered = current;
         self.sink.send(message);
@@ -637,33 +655,6 @@ impl Worker {
         self.cameras = cameras;
         self.config.camera = config.camera.clone();
         self.publish_discovery();
-    }
-}
-
-/// The Home Assistant components announced last, kept in the state directory so that people removed
-/// while face-edge was stopped are still removed from Home Assistant at the next start.
-const DISCOVERED_FILE: &str = "discovery.json";
-
-fn load_discovered(state_dir: &std::path::Path) -> BTreeMap<String, &'static str> {
-    let Ok(text) = std::fs::read_to_string(state_dir.join(DISCOVERED_FILE)) else {
-        return BTreeMap::new();
-    };
-    let Ok(map) = serde_json::from_str::<BTreeMap<String, String>>(&text) else {
-        log::warn!(
-            "{}: unreadable, ignored",
-            state_dir.join(DISCOVERED_FILE).display()
-        );
-        return BTreeMap::new();
-    };
-    map.into_iter()
-        .filter_map(|(k, p)| crate::events::platform(&p).map(|p| (k, p)))
-        .collect()
-}
-
-fn save_discovered(state_dir: &std::path::Path, components: &BTreeMap<String, &'static str>) {
-    let json = serde_json::to_vec(components).expect("map serialises");
-    if let Err(e) = crate::store::write_atomically(state_dir, DISCOVERED_FILE, &json) {
-        log::warn!("cannot remember the announced Home Assistant components: {e}");
     }
 }
 

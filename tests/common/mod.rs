@@ -4,6 +4,7 @@
 pub mod broker;
 pub mod fakecam;
 pub mod golden;
+pub mod home_assistant;
 pub mod lfw;
 pub mod scene;
 

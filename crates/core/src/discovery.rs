@@ -1,9 +1,14 @@
 //! Home Assistant MQTT discovery: one device document listing every entity face-edge publishes, and the
 //! removal of entities that are gone.
 
-use crate::events::{Message, Topics};
+use crate::events::{Message, NOT_HOME, Topics};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
+
+/// The location sensor's state when the person has not been seen for the absence time.
+pub const AWAY: &str = "away";
+/// The device tracker's state while the person is in view (or was, within the absence time).
+const HOME: &str = "home";
 
 /// The component platforms face-edge announces, as static names (discovery keeps them per component).
 pub fn platform(name: &str) -> Option<&'static str> {
@@ -78,30 +83,54 @@ struct Component {
     config: Value,
 }
 
-/// Per person: occupancy (present or not) and a device tracker.
+/// Renders a person's state payload for one entity. The payload is empty when face-edge clears the
+/// retained state of somebody removed from the gallery: the guard renders nothing then, which Home
+/// Assistant ignores, instead of logging a template error in the instant before the entity is gone.
+fn from_state(expression: &str) -> String {
+    format!("{{{{ {expression} if value_json is defined else '' }}}}")
+}
+
+/// Per person: occupancy (in view of a camera lately or not), where they were seen (the camera, or
+/// away) and a device tracker that says only home / not_home, the two states Home Assistant's `person`
+/// integration understands.
 fn person_components(topics: &Topics, input: &DiscoveryInput) -> Vec<Component> {
     let node = &topics.node_id;
     let mut out = vec![];
+    let seen = format!("value_json.state != '{NOT_HOME}'");
     for (id, name) in &input.people {
         let state = topics.person_state(id);
+        let unique_id = |key: &str| format!("face_edge_{node}_{id}_{key}");
         out.push(Component {
             key: format!("{id}_presence"),
             platform: "binary_sensor",
             config: json!({
-                "p": "binary_sensor", "name": format!("{name} present"), "unique_id": format!("face_edge_{node}_{id}_presence"),
+                "p": "binary_sensor", "name": format!("{name} present"), "unique_id": unique_id("presence"),
                 "device_class": "occupancy", "state_topic": state,
-                "value_template": "{{ 'ON' if value_json.state != 'not_home' else 'OFF' }}",
+                "value_template": from_state(&format!("('ON' if {seen} else 'OFF')")),
                 "off_delay": input.off_delay_s,
+            }),
+        });
+        out.push(Component {
+            key: format!("{id}_location"),
+            platform: "sensor",
+            config: json!({
+                "p": "sensor", "name": format!("{name} location"), "unique_id": unique_id("location"),
+                "icon": "mdi:cctv", "state_topic": state,
+                "value_template": from_state(&format!("(value_json.state if {seen} else '{AWAY}')")),
                 "json_attributes_topic": state,
+                "json_attributes_template": format!(
+                    "{{{{ {{'last_seen': value_json.last_seen, 'score': value_json.score}} | tojson if value_json is defined else '{{}}' }}}}"
+                ),
             }),
         });
         out.push(Component {
             key: format!("{id}_tracker"),
             platform: "device_tracker",
             config: json!({
-                "p": "device_tracker", "name": name.clone(), "unique_id": format!("face_edge_{node}_{id}_tracker"),
-                "state_topic": state, "value_template": "{{ value_json.state }}",
-                "json_attributes_topic": state, "source_type": "router",
+                "p": "device_tracker", "name": name.clone(), "unique_id": unique_id("tracker"),
+                "state_topic": state, "source_type": "router",
+                "value_template": from_state(&format!("('{HOME}' if {seen} else '{NOT_HOME}')")),
+                "payload_home": HOME, "payload_not_home": NOT_HOME,
             }),
         });
     }

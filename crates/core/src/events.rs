@@ -395,7 +395,7 @@ impl Presence {
     }
 }
 
-pub use crate::discovery::{DiscoveryInput, discovery, platform};
+pub use crate::discovery::{AWAY, DiscoveryInput, discovery, platform};
 
 /// A request received on `request/<command>`.
 #[derive(Debug, Clone, PartialEq)]
@@ -573,6 +573,8 @@ mod tests {
         let v: Value = serde_json::from_slice(&m.payload).unwrap();
         assert_eq!(v["cmps"]["bob_presence"], json!({"p": "binary_sensor"}));
         assert_eq!(v["cmps"]["bob_tracker"], json!({"p": "device_tracker"}));
+        assert_eq!(v["cmps"]["bob_location"], json!({"p": "sensor"}));
+        assert_eq!(v["cmps"]["alice_location"]["name"], "Alice location");
     }
 
     #[test]

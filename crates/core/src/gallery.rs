@@ -109,6 +109,25 @@ pub fn person_id_from_folder(name: &str) -> Option<String> {
     id.chars().any(|c| c.is_ascii_alphanumeric()).then_some(id)
 }
 
+/// The name people read (events' `name`, Home Assistant's entity names) for a gallery folder or a
+/// `[[person]]` without a name: the text as written, except that one written like an id
+/// (`kit_harington`) reads as words (`Kit Harington`), so Home Assistant shows a name and not an id.
+pub fn display_name(folder_or_id: &str) -> String {
+    if person_id_from_folder(folder_or_id).as_deref() != Some(folder_or_id) {
+        return folder_or_id.to_string();
+    }
+    folder_or_id
+        .split('_')
+        .map(|word| {
+            let mut chars = word.chars();
+            chars.next().map_or(String::new(), |first| {
+                first.to_ascii_uppercase().to_string() + chars.as_str()
+            })
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// The highest cosine between embeddings of two different people (None with fewer than two people).
 pub fn max_impostor_similarity(people: &[GalleryPerson]) -> Option<f32> {
     impostor_similarities(people).into_iter().reduce(f32::max)
@@ -358,6 +377,20 @@ mod tests {
         assert!(crate::events::is_valid_id(&japanese), "{japanese}");
         assert_eq!(person_id_from_folder("!!! ???"), None);
         assert_eq!(person_id_from_folder(&"a ".repeat(60)).unwrap().len(), 63);
+    }
+
+    #[test]
+    fn folders_named_like_ids_read_as_words() {
+        for (folder, name) in [
+            ("kit_harington", "Kit Harington"),
+            ("obama", "Obama"),
+            ("jose-maria_2", "Jose-maria 2"),
+            ("Kit Harington", "Kit Harington"),
+            ("rose LESLIE", "rose LESLIE"),
+            ("Zoë", "Zoë"),
+        ] {
+            assert_eq!(display_name(folder), name, "{folder}");
+        }
     }
 
     #[test]
