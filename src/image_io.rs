@@ -8,8 +8,28 @@ use std::path::{Path, PathBuf};
 
 /// Largest accepted width or height. A 50 MP phone photo is about 8200 px wide.
 pub const MAX_SIDE: u32 = 16_384;
-/// Largest decoder allocation (bytes).
-pub const MAX_ALLOC: u64 = 1 << 30;
+
+/// How many pixels an image may have, checked from its header before any pixel is allocated: a tiny
+/// file can declare a huge image (a 235 KB JPEG of 16000 x 16000 decodes to 768 MB), and a 1 GB board
+/// must survive it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PixelLimit {
+    pub max_pixels: u64,
+    /// What the limit is for, in the error message.
+    pub what: &'static str,
+}
+
+/// Photos (gallery, command line): 50 MP, a phone's full-resolution photo (about 150 MB as RGB).
+pub const PHOTO_PIXELS: PixelLimit = PixelLimit {
+    max_pixels: 50_500_000,
+    what: "photos",
+};
+
+/// Camera frames: 12 MP, above 4K UHD (8.3 MP); detection scales frames to 640 px anyway.
+pub const FRAME_PIXELS: PixelLimit = PixelLimit {
+    max_pixels: 12_600_000,
+    what: "camera frames",
+};
 
 /// File extensions treated as images when walking directories (explicit files are always tried).
 /// HEIC/HEIF are listed so that a gallery folder's iPhone photos are reported, not silently skipped.
@@ -47,9 +67,14 @@ pub fn load_rgb(path: &Path) -> Result<RgbImage, ImageLoadError> {
     decode_rgb(&bytes).map_err(err)
 }
 
-/// Decodes JPEG, PNG, TIFF, WebP or BMP bytes (sniffed from content, never from a file name) into
-/// 8-bit RGB.
+/// Decodes a photo: JPEG, PNG, TIFF, WebP or BMP bytes (sniffed from content, never from a file name)
+/// into 8-bit RGB, within `PHOTO_PIXELS`.
 pub fn decode_rgb(bytes: &[u8]) -> Result<RgbImage, String> {
+    decode_rgb_within(bytes, PHOTO_PIXELS)
+}
+
+/// Decodes like `decode_rgb`, refusing images of more than `limit` pixels before decoding them.
+pub fn decode_rgb_within(bytes: &[u8], limit: PixelLimit) -> Result<RgbImage, String> {
     let format = sniff(bytes)?;
     if format == ImageFormat::Jpeg && !jpeg_is_complete(bytes) {
         // Decoders pad a cut-off JPEG with grey and report success; a half image is not a photo.
@@ -61,9 +86,20 @@ pub fn decode_rgb(bytes: &[u8]) -> Result<RgbImage, String> {
     let mut limits = image::Limits::default();
     limits.max_image_width = Some(MAX_SIDE);
     limits.max_image_height = Some(MAX_SIDE);
-    limits.max_alloc = Some(MAX_ALLOC);
+    // Room for the decoded image at 16 bits per channel with alpha, plus the decoder's own planes.
+    limits.max_alloc = Some(limit.max_pixels * 8 * 2);
     reader.limits(limits);
     let mut decoder = reader.into_decoder().map_err(describe)?;
+    let (width, height) = decoder.dimensions();
+    let pixels = u64::from(width) * u64::from(height);
+    if pixels > limit.max_pixels {
+        return Err(format!(
+            "image too large ({width}x{height} = {:.1} MP; {} are limited to {:.1} MP)",
+            pixels as f64 / 1e6,
+            limit.what,
+            limit.max_pixels as f64 / 1e6
+        ));
+    }
     let orientation = decoder.orientation().ok();
     let mut img = image::DynamicImage::from_decoder(decoder).map_err(describe)?;
     if let Some(o) = orientation {
@@ -110,10 +146,7 @@ fn jpeg_is_complete(bytes: &[u8]) -> bool {
 fn describe(e: image::ImageError) -> String {
     match e {
         image::ImageError::Limits(l) => {
-            format!(
-                "image too large ({l}; limit {MAX_SIDE}x{MAX_SIDE} pixels, {} MiB)",
-                MAX_ALLOC >> 20
-            )
+            format!("image too large ({l}; limit {MAX_SIDE} pixels a side)")
         }
         image::ImageError::Unsupported(u) => format!("unsupported image: {u}"),
         image::ImageError::Decoding(d) => format!("corrupt or truncated image: {d}"),
@@ -154,6 +187,26 @@ pub fn has_image_extension(p: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn camera_frames_have_a_smaller_pixel_limit_than_photos() {
+        // A real JPEG claiming 4000 x 4000 (16 MP) in its frame header.
+        let mut bytes = Vec::new();
+        image::DynamicImage::new_rgb8(16, 16)
+            .write_to(&mut Cursor::new(&mut bytes), ImageFormat::Jpeg)
+            .unwrap();
+        let sof = bytes.windows(2).position(|m| m == [0xff, 0xc0]).unwrap();
+        bytes[sof + 5..sof + 9].copy_from_slice(&[0x0f, 0xa0, 0x0f, 0xa0]);
+        let frame = decode_rgb_within(&bytes, FRAME_PIXELS).unwrap_err();
+        assert!(
+            frame.contains("camera frames are limited to 12.6 MP"),
+            "{frame}"
+        );
+        // As a photo its size is allowed (whatever its missing pixels then decode to).
+        if let Err(photo) = decode_rgb(&bytes) {
+            assert!(!photo.contains("too large"), "{photo}");
+        }
+    }
 
     #[test]
     fn truncated_jpeg_is_detected_by_its_missing_end_marker() {

@@ -307,11 +307,19 @@ impl Publisher {
     }
 }
 
-/// Doubling waits from one second up to a cap.
+/// How long a connection (or a camera's stream) must last before the waits start again from one
+/// second: one that is dropped right after connecting, again and again (a broker that rejects
+/// something face-edge does, a helper that dies after its first frame), is retried ever more slowly
+/// instead of every second.
+pub const STABLE: Duration = Duration::from_secs(30);
+
+/// Doubling waits from one second up to a cap, starting again from one second after a connection
+/// that lasted `STABLE`.
 #[derive(Debug)]
 pub struct Backoff {
     next: Duration,
     cap: Duration,
+    up_since: Option<Instant>,
 }
 
 impl Backoff {
@@ -319,15 +327,35 @@ impl Backoff {
         Backoff {
             next: Duration::from_secs(1).min(cap),
             cap,
+            up_since: None,
         }
     }
+
+    /// The connection is up (now).
+    pub fn up(&mut self) {
+        self.up_at(Instant::now());
+    }
+
+    pub fn up_at(&mut self, at: Instant) {
+        self.up_since = Some(at);
+    }
+
+    /// The wait before the next attempt, the connection having just failed.
     pub fn next_wait(&mut self) -> Duration {
+        self.next_wait_at(Instant::now())
+    }
+
+    pub fn next_wait_at(&mut self, failed: Instant) -> Duration {
+        if self
+            .up_since
+            .take()
+            .is_some_and(|since| failed.duration_since(since) >= STABLE)
+        {
+            self.next = Duration::from_secs(1).min(self.cap);
+        }
         let wait = self.next;
         self.next = (self.next * 2).min(self.cap);
         wait
-    }
-    pub fn reset(&mut self) {
-        self.next = Duration::from_secs(1).min(self.cap);
     }
 }
 
@@ -430,7 +458,7 @@ impl Link {
 
     fn on_connected(&mut self) {
         self.connected = true;
-        self.backoff.reset();
+        self.backoff.up();
         {
             let mut s = self.status.lock().expect("status lock");
             s.connections += 1;
@@ -597,11 +625,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backoff_doubles_to_its_cap_and_resets() {
+    fn backoff_doubles_to_its_cap_and_restarts_only_after_a_stable_connection() {
         let mut b = Backoff::new(Duration::from_secs(5));
-        let waits: Vec<u64> = (0..5).map(|_| b.next_wait().as_secs()).collect();
+        let t0 = Instant::now();
+        let waits: Vec<u64> = (0..5).map(|_| b.next_wait_at(t0).as_secs()).collect();
         assert_eq!(waits, vec![1, 2, 4, 5, 5]);
-        b.reset();
-        assert_eq!(b.next_wait().as_secs(), 1);
+        // Connected, dropped 10 s later: still the long wait.
+        b.up_at(t0);
+        assert_eq!(b.next_wait_at(t0 + Duration::from_secs(10)).as_secs(), 5);
+        // Connected for STABLE: from one second again.
+        b.up_at(t0);
+        assert_eq!(b.next_wait_at(t0 + STABLE).as_secs(), 1);
+        assert_eq!(b.next_wait_at(t0 + STABLE).as_secs(), 2);
     }
 }

@@ -49,6 +49,19 @@ fn png_claiming(w: u32, h: u32) -> Vec<u8> {
     out
 }
 
+/// A real (small) JPEG whose frame header claims `w` x `h` pixels.
+fn jpeg_claiming(w: u16, h: u16) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    DynamicImage::new_rgb8(16, 16)
+        .write_to(&mut std::io::Cursor::new(&mut bytes), ImageFormat::Jpeg)
+        .unwrap();
+    // SOF0: FF C0, length (2), precision (1), height (2), width (2).
+    let sof = bytes.windows(2).position(|m| m == [0xff, 0xc0]).unwrap();
+    bytes[sof + 5..sof + 7].copy_from_slice(&h.to_be_bytes());
+    bytes[sof + 7..sof + 9].copy_from_slice(&w.to_be_bytes());
+    bytes
+}
+
 fn save(img: &DynamicImage, path: &Path) {
     img.save_with_format(path, ImageFormat::Png).unwrap();
 }
@@ -61,6 +74,8 @@ fn each_bad_file_is_one_named_error_and_the_rest_is_processed() {
     std::fs::write(dir.path("notes.jpg"), b"this is not an image\n").unwrap();
     std::fs::write(dir.path("empty.png"), b"").unwrap();
     std::fs::write(dir.path("huge.png"), png_claiming(100_000, 80_000)).unwrap();
+    // Inside the 16384 px a side, but 256 MP: refused from its header, nothing allocated.
+    std::fs::write(dir.path("bomb.jpg"), jpeg_claiming(16_000, 16_000)).unwrap();
     save(&DynamicImage::new_rgb8(320, 240), &dir.path("no_face.png"));
     let png = std::fs::read(data("photos/probes/32bit.png")).unwrap();
     std::fs::write(dir.path("cut.png"), &png[..png.len() / 2]).unwrap();
@@ -73,6 +88,7 @@ fn each_bad_file_is_one_named_error_and_the_rest_is_processed() {
         "notes.jpg",
         "empty.png",
         "huge.png",
+        "bomb.jpg",
         "no_face.png",
     ];
     let mut cmd = face_edge();
@@ -117,6 +133,10 @@ fn each_bad_file_is_one_named_error_and_the_rest_is_processed() {
     expect("notes.jpg", "not a jpeg, png, tiff, webp or bmp");
     expect("empty.png", "not a jpeg, png, tiff, webp or bmp");
     expect("huge.png", "too large");
+    expect(
+        "bomb.jpg",
+        "too large (16000x16000 = 256.0 mp; photos are limited to 50.5 mp)",
+    );
     expect("no_face.png", "no face");
 }
 

@@ -865,3 +865,66 @@ fn log_level_precedence_is_flag_then_rust_log_then_config() {
         "{flag_over_rust_log}"
     );
 }
+
+#[test]
+fn a_flood_of_reloads_costs_two_syncs_and_every_request_is_answered() {
+    let broker = Mosquitto::start("");
+    let sub = Subscriber::start(broker.port, "face-edge/e2e/#");
+    let dir = TempDir::new("reload-flood");
+    let (_, cfg) = stranger_in_the_hall(&dir, &broker);
+    let child = start(&cfg);
+    sub.wait_for("online", patience(30), |all| {
+        all.iter().any(|m| m.text() == "online")
+    });
+    const FLOOD: usize = 300;
+    for i in 0..FLOOD {
+        request(&sub, "reload_gallery", json!({}), None, &format!("r{i}"));
+    }
+    let topic = "face-edge/e2e/response/reload_gallery";
+    let answered = |all: &[common::broker::Received]| {
+        all.iter()
+            .filter(|m| m.topic == topic)
+            .map(|m| m.json()["transaction"].as_str().unwrap().to_string())
+            .collect::<std::collections::HashSet<_>>()
+    };
+    let all = sub.wait_for("every reload answered", patience(60), |all| {
+        answered(all).len() == FLOOD
+    });
+    assert!(
+        all.iter()
+            .filter(|m| m.topic == topic)
+            .all(|m| m.json()["status"] == "ok"),
+        "every reload succeeded"
+    );
+    send_signal(child.id(), "TERM");
+    let stderr = stderr_of(child);
+    // One sync at start, then the first request's and one for each batch that arrived while a sync
+    // ran: a handful, where each request used to cost its own.
+    let syncs = stderr.matches("gallery: 1 people").count();
+    assert!(
+        syncs >= 2 && syncs * 10 <= FLOOD,
+        "{syncs} syncs for {FLOOD} requests:\n{stderr}"
+    );
+}
+
+#[test]
+fn a_helper_that_keeps_dying_is_restarted_ever_more_slowly() {
+    let dir = TempDir::new("dying-helper");
+    let frames = write_frames(&dir, &[(Some("probes/obama1.jpg"), 1)]);
+    // One frame, then exit: a stream that never lasts.
+    let script = format!("cat {}/00001.jpg", frames.display());
+    let camera = format!(
+        "[[camera]]\nname = \"hall\"\nkind = \"exec\"\ncommand = [\"sh\", \"-c\", {script:?}]\n"
+    );
+    let cfg = config(&dir, &gallery(), &camera, None, "");
+    let child = start(&cfg);
+    std::thread::sleep(Duration::from_secs(9));
+    send_signal(child.id(), "TERM");
+    let stderr = stderr_of(child);
+    // Waits of 1, 2, 4 s: started at about 0, 1, 3 and 7 s (it was every second before).
+    let starts = stderr.matches("camera hall: streaming").count();
+    assert!(
+        (3..=5).contains(&starts),
+        "{starts} starts in 9 s:\n{stderr}"
+    );
+}

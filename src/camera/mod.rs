@@ -9,7 +9,7 @@ pub mod v4l2;
 pub mod yuyv;
 
 use crate::config::CameraConfig;
-use crate::image_io::decode_rgb;
+use crate::image_io::{FRAME_PIXELS, decode_rgb_within};
 use crate::mqtt::Backoff;
 use image::RgbImage;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
@@ -34,7 +34,7 @@ pub enum Payload {
 impl Payload {
     pub fn decode(&self) -> Result<RgbImage, String> {
         match self {
-            Payload::Encoded(bytes) => decode_rgb(bytes),
+            Payload::Encoded(bytes) => decode_rgb_within(bytes, FRAME_PIXELS),
             Payload::Yuyv {
                 width,
                 height,
@@ -220,7 +220,8 @@ pub struct Capture {
 
 impl Capture {
     /// Starts capturing camera `index` into `board`; a source that fails is reopened with backoff
-    /// (1 s doubling to 30 s) for as long as the service runs.
+    /// (1 s doubling to 30 s, from 1 s again after a stream that lasted `mqtt::STABLE`) for as long
+    /// as the service runs.
     pub fn start(config: CameraConfig, index: usize, board: Arc<FrameBoard>) -> Capture {
         let stop = Arc::new(StopSignal::default());
         let flag = stop.clone();
@@ -256,13 +257,13 @@ fn capture_loop(config: &CameraConfig, index: usize, board: &FrameBoard, stop: &
             Ok(mut source) => {
                 log::info!("camera {}: streaming", config.name());
                 board.set_state(index, CameraState::Streaming);
+                backoff.up();
                 loop {
                     if stop.is_set() {
                         return;
                     }
                     match source.next_frame() {
                         Ok(payload) => {
-                            backoff.reset();
                             let frame = Frame {
                                 at: SystemTime::now(),
                                 payload,

@@ -157,5 +157,18 @@ impl CameraConfig {
 }
 
 fn size_problem(width: u32, height: u32) -> Option<(&'static str, String)> {
-    (width == 0 || height == 0).then(|| ("width", "width and height must be positive".to_string()))
+    let limit = crate::image_io::FRAME_PIXELS.max_pixels;
+    if width == 0 || height == 0 {
+        Some(("width", "width and height must be positive".to_string()))
+    } else if u64::from(width) * u64::from(height) > limit {
+        Some((
+            "width",
+            format!(
+                "{width}x{height} is more than the {:.1} MP a camera frame may have",
+                limit as f64 / 1e6
+            ),
+        ))
+    } else {
+        None
+    }
 }

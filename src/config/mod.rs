@@ -720,6 +720,32 @@ mod tests {
     }
 
     #[test]
+    fn reserved_camera_names_and_oversized_raw_frames_are_refused() {
+        for (camera, field, words) in [
+            (
+                "name = \"away\"\nkind = \"files\"\npath = \"x\"",
+                "camera[0].name",
+                "reserved",
+            ),
+            (
+                "name = \"not_home\"\nkind = \"files\"\npath = \"x\"",
+                "camera[0].name",
+                "reserved",
+            ),
+            (
+                "name = \"cam\"\nkind = \"exec\"\ncommand = [\"x\"]\nformat = \"rgb24\"\nwidth = 16000\nheight = 16000",
+                "camera[0].width",
+                "16000x16000 is more than the 12.6 MP",
+            ),
+        ] {
+            let e = parse(&format!("[[camera]]\n{camera}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(field) && e.contains(words), "{e}");
+        }
+    }
+
+    #[test]
     fn numbers_that_would_stop_the_service_are_refused_at_load_naming_key_and_unit() {
         for (text, field, unit) in [
             (

@@ -24,6 +24,17 @@ use std::time::{Duration, Instant};
 /// READY=1 waits at most this long for every camera to open or fail once.
 const READY_WAIT: Duration = Duration::from_secs(10);
 
+/// The MQTT spelling of the gallery reload request.
+const RELOAD_GALLERY: &str = "reload_gallery";
+
+/// MQTT gallery reloads: whether one is running, who else it answers, who waits for the next.
+#[derive(Default)]
+struct Reloads {
+    running: bool,
+    riders: Vec<Requester>,
+    waiting: Vec<Requester>,
+}
+
 /// What `run` hands the loop.
 pub struct Parts {
     pub source: ConfigSource,
@@ -46,6 +57,9 @@ pub struct Service {
     camera_states: Vec<Option<CameraState>>,
     /// Requests handed to the worker and not answered yet.
     outstanding: usize,
+    /// Gallery reloads over MQTT, coalesced: at most one runs, and the requests that arrive meanwhile
+    /// wait for one more, which answers them all (a flood of reloads costs two syncs, not thousands).
+    reloads: Reloads,
     /// Every camera has finished: stop once the outstanding requests are answered.
     cameras_done: bool,
     ready: bool,
@@ -66,6 +80,7 @@ impl Service {
             camera_states: vec![None; parts.config.camera.len()],
             parts,
             outstanding: 0,
+            reloads: Reloads::default(),
             cameras_done: false,
             ready: false,
             health,
@@ -87,7 +102,11 @@ impl Service {
                 Event::Mqtt(message) => self.on_incoming(message),
                 Event::Answered { request, answer } => {
                     self.outstanding = self.outstanding.saturating_sub(1);
-                    self.respond(&request, answer);
+                    if request.origin == Origin::Mqtt && request.command == RELOAD_GALLERY {
+                        self.reload_answered(request, answer);
+                    } else {
+                        self.respond(&request, answer);
+                    }
                 }
                 Event::CameraChanged => self.publish_camera_states(),
                 Event::CamerasDone => self.cameras_done = true,
@@ -254,16 +273,10 @@ impl Service {
 
     fn execute(&mut self, command: Command, requester: Requester) {
         let control = match command {
-            Command::ReloadGallery => match self.parts.source.load() {
-                Ok(config) => {
-                    let config = Box::new(self.with_runtime_parts(config));
-                    Control::Resync(config, self.reply(requester))
-                }
-                Err(e) => {
-                    let error = face_edge_core::command::CommandError::Failed(e.to_string());
-                    return self.respond(&requester, Err(error));
-                }
-            },
+            Command::ReloadGallery if self.reloads.running => {
+                return self.reloads.waiting.push(requester);
+            }
+            Command::ReloadGallery => return self.start_reload(requester, vec![]),
             Command::Enrol {
                 person,
                 camera,
@@ -283,6 +296,39 @@ impl Service {
         };
         // A worker that is gone drops the reply, which answers "dropped".
         let _ = self.parts.to_worker.send(control);
+    }
+
+    /// Reloads the configuration's gallery for `requester`, whose answer also goes to `riders`.
+    fn start_reload(&mut self, requester: Requester, riders: Vec<Requester>) {
+        match self.parts.source.load() {
+            Ok(config) => {
+                let config = Box::new(self.with_runtime_parts(config));
+                let reply = self.reply(requester);
+                let _ = self.parts.to_worker.send(Control::Resync(config, reply));
+                self.reloads.running = true;
+                self.reloads.riders = riders;
+            }
+            Err(e) => {
+                let error = face_edge_core::command::CommandError::Failed(e.to_string());
+                for r in std::iter::once(requester).chain(riders) {
+                    self.respond(&r, Err(error.clone()));
+                }
+            }
+        }
+    }
+
+    /// The running reload is done: answers everyone it served, then starts the one the requests that
+    /// came meanwhile wait for.
+    fn reload_answered(&mut self, request: Requester, answer: Answer) {
+        for r in std::mem::take(&mut self.reloads.riders) {
+            self.respond(&r, answer.clone());
+        }
+        self.respond(&request, answer);
+        self.reloads.running = false;
+        let mut waiting = std::mem::take(&mut self.reloads.waiting).into_iter();
+        if let Some(first) = waiting.next() {
+            self.start_reload(first, waiting.collect());
+        }
     }
 
     /// A freshly loaded config with the parts that only a restart changes kept as they run now.

@@ -93,6 +93,9 @@ pub struct WorkerSetup {
     pub events: Sender<Event>,
 }
 
+/// Requests and other controls handled between two rounds of frames.
+const CONTROLS_PER_ROUND: usize = 8;
+
 pub struct Worker {
     config: Config,
     pipeline: FacePipeline,
@@ -262,13 +265,23 @@ impl Worker {
         // Alive from the start: the first frame (and the models' first run) can take a while.
         self.stats.lock().expect("stats").heartbeat = Some(Instant::now());
         loop {
-            while let Ok(c) = control.try_recv() {
-                if let Control::Stop = c {
-                    return self.stop();
+            // At most a few requests between two rounds of frames: a flood of requests delays
+            // recognition by a round, never stops it.
+            let mut more_waiting = false;
+            for handled in 0.. {
+                if handled == CONTROLS_PER_ROUND {
+                    more_waiting = true;
+                    break;
                 }
-                self.on_control(c);
+                match control.try_recv() {
+                    Ok(Control::Stop) => return self.stop(),
+                    Ok(c) => self.on_control(c),
+                    Err(_) => break,
+                }
             }
-            self.wait_for_frames();
+            if !more_waiting {
+                self.wait_for_frames();
+            }
             let now = Instant::now();
             for i in 0..self.cameras.len() {
                 if now < self.cameras[i].next_due {
