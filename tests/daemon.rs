@@ -928,3 +928,69 @@ fn a_helper_that_keeps_dying_is_restarted_ever_more_slowly() {
         "{starts} starts in 9 s:\n{stderr}"
     );
 }
+
+/// The exec helper from hell: ignores SIGTERM (and so does the child it starts), sends one frame and
+/// then only noise on stderr.
+#[test]
+fn a_stalled_noisy_helper_that_ignores_sigterm_is_restarted_bounded_and_killed() {
+    let dir = TempDir::new("hostile-helper");
+    let frames = write_frames(&dir, &[(Some("probes/obama1.jpg"), 1)]);
+    let pids = dir.path("pids");
+    let script = format!(
+        "echo $$ >> {pids}; trap '' TERM; sh -c 'echo $$ >> {pids}; exec sleep 600' & cat {frame}; i=0; while :; do echo \"noise $i\" >&2; i=$((i+1)); done",
+        pids = pids.display(),
+        frame = frames.join("00001.jpg").display()
+    );
+    let camera = format!(
+        "[[camera]]\nname = \"hall\"\nkind = \"exec\"\ncommand = [\"sh\", \"-c\", {script:?}]\n"
+    );
+    let cfg = config(
+        &dir,
+        &gallery(),
+        &camera,
+        None,
+        "[service]\nstall_timeout_s = 2.0\n",
+    );
+    let child = start(&cfg);
+    // Stalled at 2 s, SIGKILLed after 2 s of grace, restarted after 1 s: wait for the second helper.
+    let deadline = Instant::now() + patience(30);
+    while std::fs::read_to_string(&pids).map_or(0, |p| p.lines().count()) < 4 {
+        assert!(Instant::now() < deadline, "never restarted");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    send_signal(child.id(), "TERM");
+    let stderr = stderr_of(child);
+    assert!(
+        stderr.contains("stalled: no complete frame for 2 s"),
+        "{}",
+        &stderr[..stderr.len().min(4000)]
+    );
+    let starts = stderr.matches("camera hall: streaming").count();
+    assert!(
+        starts >= 2,
+        "restarted: {starts} starts:\n{}",
+        stderr
+            .lines()
+            .filter(|l| !l.contains("noise"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    // Each helper's stderr: at most 20 lines a minute in the log, the rest counted.
+    let noise = stderr.matches("camera hall: helper: noise").count();
+    assert!(
+        noise <= 20 * starts,
+        "{noise} noise lines for {starts} helpers"
+    );
+    assert!(stderr.contains("more stderr lines not logged"), "counted");
+    // No helper outlives face-edge, SIGTERM or not.
+    std::thread::sleep(Duration::from_millis(300));
+    for pid in std::fs::read_to_string(&pids).unwrap().split_whitespace() {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // A zombie (Z) awaiting its parent's reaper is gone too.
+        assert!(
+            stat.is_empty() || stat.contains(") Z "),
+            "helper {pid} still runs: {stat}"
+        );
+    }
+}

@@ -71,10 +71,11 @@ pub trait FrameSource: Send {
 pub fn open_source(
     config: &CameraConfig,
     stop: &StopSignal,
+    stall: Duration,
 ) -> Result<Box<dyn FrameSource>, SourceError> {
     match config {
         CameraConfig::V4l2(c) => Ok(Box::new(v4l2::V4l2Source::open(c)?)),
-        CameraConfig::Exec(c) => Ok(Box::new(exec::ExecSource::spawn(c, stop)?)),
+        CameraConfig::Exec(c) => Ok(Box::new(exec::ExecSource::spawn(c, stop, stall)?)),
         CameraConfig::Files(c) => Ok(Box::new(files::FilesSource::open(c)?)),
     }
 }
@@ -202,12 +203,17 @@ impl StopSignal {
         self.child_group.store(pgid, Ordering::SeqCst);
     }
 
+    /// Asks the thread to stop and sends SIGTERM to the exec helper's process group, which wakes a
+    /// thread reading its pipe.
     fn request(&self) {
         self.requested.store(true, Ordering::SeqCst);
-        let group = self.child_group.swap(0, Ordering::SeqCst);
-        // The process group the exec source created.
+        self.signal_group(rustix::process::Signal::TERM);
+    }
+
+    fn signal_group(&self, signal: rustix::process::Signal) {
+        let group = self.child_group.load(Ordering::SeqCst);
         if let Some(group) = rustix::process::Pid::from_raw(group) {
-            let _ = rustix::process::kill_process_group(group, rustix::process::Signal::TERM);
+            let _ = rustix::process::kill_process_group(group, signal);
         }
     }
 }
@@ -222,12 +228,18 @@ impl Capture {
     /// Starts capturing camera `index` into `board`; a source that fails is reopened with backoff
     /// (1 s doubling to 30 s, from 1 s again after a stream that lasted `mqtt::STABLE`) for as long
     /// as the service runs.
-    pub fn start(config: CameraConfig, index: usize, board: Arc<FrameBoard>) -> Capture {
+    /// An exec helper that delivers no complete frame for `stall` is restarted.
+    pub fn start(
+        config: CameraConfig,
+        index: usize,
+        board: Arc<FrameBoard>,
+        stall: Duration,
+    ) -> Capture {
         let stop = Arc::new(StopSignal::default());
         let flag = stop.clone();
         let thread = std::thread::Builder::new()
             .name(format!("camera-{}", config.name()))
-            .spawn(move || capture_loop(&config, index, &board, &flag))
+            .spawn(move || capture_loop(&config, index, &board, &flag, stall))
             .expect("spawn camera thread");
         Capture {
             stop,
@@ -236,8 +248,18 @@ impl Capture {
     }
 
     /// Asks the thread to stop without waiting (it may be blocked reading a device or a pipe).
-    pub fn request_stop(self) {
+    pub fn request_stop(&self) {
         self.stop.request();
+    }
+
+    /// After `request_stop`: waits up to `grace` for the thread, then SIGKILLs the exec helper's
+    /// process group, so a helper that ignores SIGTERM does not outlive face-edge.
+    pub fn finish_within(self, grace: Duration) {
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline && self.thread.as_ref().is_some_and(|t| !t.is_finished()) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.stop.signal_group(rustix::process::Signal::KILL);
     }
 
     pub fn stop(mut self) {
@@ -248,11 +270,17 @@ impl Capture {
     }
 }
 
-fn capture_loop(config: &CameraConfig, index: usize, board: &FrameBoard, stop: &StopSignal) {
+fn capture_loop(
+    config: &CameraConfig,
+    index: usize,
+    board: &FrameBoard,
+    stop: &StopSignal,
+    stall: Duration,
+) {
     let mut backoff = Backoff::new(Duration::from_secs(30));
     while !stop.is_set() {
         board.set_state(index, CameraState::Opening);
-        let error = match open_source(config, stop) {
+        let error = match open_source(config, stop, stall) {
             Err(e) => e,
             Ok(mut source) => {
                 log::info!("camera {}: streaming", config.name());

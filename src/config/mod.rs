@@ -70,10 +70,17 @@ pub struct ServiceConfig {
     /// off, error, warn, info, debug or trace; RUST_LOG and --log-level take precedence.
     #[serde(default, deserialize_with = "log_level")]
     pub log_level: Option<log::LevelFilter>,
-    /// A camera that is streaming but delivers no frame for this long counts as stalled: the watchdog
-    /// stops being fed so systemd restarts the service.
+    /// A camera that is streaming but delivers no frame for this long counts as stalled: an exec
+    /// camera's helper is restarted; for other cameras the watchdog stops being fed so systemd
+    /// restarts the service.
     #[serde(default = "default_stall")]
     pub stall_timeout_s: f32,
+}
+
+impl ServiceConfig {
+    pub fn stall(&self) -> std::time::Duration {
+        std::time::Duration::from_secs_f32(self.stall_timeout_s)
+    }
 }
 
 impl Default for ServiceConfig {

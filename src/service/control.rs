@@ -396,8 +396,12 @@ impl Service {
                     if let Some(c) = self.parts.captures[i].take() {
                         c.stop();
                     }
-                    self.parts.captures[i] =
-                        Some(Capture::start(a.clone(), i, self.parts.board.clone()));
+                    self.parts.captures[i] = Some(Capture::start(
+                        a.clone(),
+                        i,
+                        self.parts.board.clone(),
+                        self.health.stall(),
+                    ));
                 }
             }
         } else {
@@ -406,7 +410,8 @@ impl Service {
                 c.stop();
             }
             self.parts.board = frame_board(new.camera.len(), &self.parts.events);
-            self.parts.captures = start_captures(&new.camera, &self.parts.board);
+            self.parts.captures =
+                start_captures(&new.camera, &self.parts.board, self.health.stall());
             self.camera_states = vec![None; new.camera.len()];
         }
         // Restarted cameras are not done; the worker reports again once they are.
@@ -422,8 +427,10 @@ impl Service {
     pub fn shutdown(mut self, inbox: &Receiver<Event>) {
         health::notify_stopping();
         let _ = self.parts.to_worker.send(Control::Stop);
-        // Capture threads may sit in a blocking read: tell them to stop but do not wait for them.
-        for c in self.parts.captures.drain(..).flatten() {
+        // Capture threads may sit in a blocking read (a V4L2 device): tell them to stop now, and
+        // after the flush kill what an exec helper left running, without waiting for the threads.
+        let captures: Vec<Capture> = self.parts.captures.drain(..).flatten().collect();
+        for c in &captures {
             c.request_stop();
         }
         let parts = self.parts;
@@ -438,6 +445,9 @@ impl Service {
         match Arc::try_unwrap(parts.sink) {
             Ok(sink) => sink.shutdown(Duration::from_secs(3)),
             Err(_) => log::warn!("events still referenced at shutdown; not flushed"),
+        }
+        for c in captures {
+            c.finish_within(crate::camera::exec::TERM_GRACE);
         }
     }
 }

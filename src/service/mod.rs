@@ -210,12 +210,17 @@ fn pipeline_for(config: &Config, overrides: &Overrides) -> anyhow::Result<FacePi
     )?)
 }
 
-/// The capture threads of `cameras`, writing into `board`.
-fn start_captures(cameras: &[CameraConfig], board: &Arc<FrameBoard>) -> Vec<Option<Capture>> {
+/// The capture threads of `cameras`, writing into `board`; an exec helper silent for `stall` is
+/// restarted.
+fn start_captures(
+    cameras: &[CameraConfig],
+    board: &Arc<FrameBoard>,
+    stall: Duration,
+) -> Vec<Option<Capture>> {
     cameras
         .iter()
         .enumerate()
-        .map(|(i, c)| Some(Capture::start(c.clone(), i, board.clone())))
+        .map(|(i, c)| Some(Capture::start(c.clone(), i, board.clone(), stall)))
         .collect()
 }
 
@@ -288,7 +293,7 @@ pub fn run(source: ConfigSource) -> Result<Ending, StartupError> {
     let topics = Topics::new(&node_id(&config), &config.discovery_prefix());
     let sink = Arc::new(start_sink(&config, &topics, &events).map_err(startup)?);
     let board = frame_board(config.camera.len(), &events);
-    let captures = start_captures(&config.camera, &board);
+    let captures = start_captures(&config.camera, &board, config.service.stall());
     let stats = Arc::new(Mutex::new(WorkerStats::default()));
     let setup = WorkerSetup {
         config: config.clone(),
