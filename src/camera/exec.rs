@@ -31,8 +31,8 @@ pub struct ExecSource {
     height: u32,
     splitter: MjpegSplitter,
     ready: VecDeque<Vec<u8>>,
-    /// A complete frame must come within this of the previous one (or of the start).
-    stall: Duration,
+    /// A complete frame must come within this of the previous one (or of the start), when set.
+    stall: Option<Duration>,
     last_frame: Instant,
 }
 
@@ -42,7 +42,7 @@ impl ExecSource {
     pub fn spawn(
         config: &ExecCamera,
         stop: &StopSignal,
-        stall: Duration,
+        stall: Option<Duration>,
     ) -> Result<ExecSource, SourceError> {
         let (program, args) = config
             .command
@@ -77,33 +77,34 @@ impl ExecSource {
         })
     }
 
-    /// Reads what the helper wrote, waiting no later than the stall deadline.
+    /// Reads what the helper wrote, waiting no later than the stall deadline (if any).
     fn read_some(&mut self, buf: &mut [u8]) -> Result<usize, SourceError> {
         use rustix::event::{PollFd, PollFlags, Timespec, poll};
-        let deadline = self.last_frame + self.stall;
-        loop {
-            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
-                return Err(SourceError::Failed(format!(
-                    "{}: stalled: no complete frame for {} s",
-                    self.name,
-                    self.stall.as_secs_f32()
-                )));
-            };
-            let timeout = Timespec::try_from(left).unwrap_or(Timespec {
-                tv_sec: 1,
-                tv_nsec: 0,
-            });
-            let mut fds = [PollFd::new(&self.stdout, PollFlags::IN)];
-            match poll(&mut fds, Some(&timeout)) {
-                Ok(0) | Err(rustix::io::Errno::INTR) => continue,
-                Ok(_) => {}
-                Err(e) => return Err(SourceError::Failed(format!("{}: {e}", self.name))),
+        if let Some(stall) = self.stall {
+            let deadline = self.last_frame + stall;
+            loop {
+                let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                    return Err(SourceError::Failed(format!(
+                        "{}: stalled: no complete frame for {} s",
+                        self.name,
+                        stall.as_secs_f32()
+                    )));
+                };
+                let timeout = Timespec::try_from(left).unwrap_or(Timespec {
+                    tv_sec: 1,
+                    tv_nsec: 0,
+                });
+                let mut fds = [PollFd::new(&self.stdout, PollFlags::IN)];
+                match poll(&mut fds, Some(&timeout)) {
+                    Ok(0) | Err(rustix::io::Errno::INTR) => continue,
+                    Ok(_) => break,
+                    Err(e) => return Err(SourceError::Failed(format!("{}: {e}", self.name))),
+                }
             }
-            return self
-                .stdout
-                .read(buf)
-                .map_err(|e| SourceError::Failed(format!("{}: {e}", self.name)));
         }
+        self.stdout
+            .read(buf)
+            .map_err(|e| SourceError::Failed(format!("{}: {e}", self.name)))
     }
 
     fn ended(&mut self) -> SourceError {

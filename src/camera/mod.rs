@@ -71,7 +71,7 @@ pub trait FrameSource: Send {
 pub fn open_source(
     config: &CameraConfig,
     stop: &StopSignal,
-    stall: Duration,
+    stall: Option<Duration>,
 ) -> Result<Box<dyn FrameSource>, SourceError> {
     match config {
         CameraConfig::V4l2(c) => Ok(Box::new(v4l2::V4l2Source::open(c)?)),
@@ -228,12 +228,12 @@ impl Capture {
     /// Starts capturing camera `index` into `board`; a source that fails is reopened with backoff
     /// (1 s doubling to 30 s, from 1 s again after a stream that lasted `mqtt::STABLE`) for as long
     /// as the service runs.
-    /// An exec helper that delivers no complete frame for `stall` is restarted.
+    /// An exec helper that delivers no complete frame for `stall` (when set) is restarted.
     pub fn start(
         config: CameraConfig,
         index: usize,
         board: Arc<FrameBoard>,
-        stall: Duration,
+        stall: Option<Duration>,
     ) -> Capture {
         let stop = Arc::new(StopSignal::default());
         let flag = stop.clone();
@@ -275,7 +275,7 @@ fn capture_loop(
     index: usize,
     board: &FrameBoard,
     stop: &StopSignal,
-    stall: Duration,
+    stall: Option<Duration>,
 ) {
     let mut backoff = Backoff::new(Duration::from_secs(30));
     while !stop.is_set() {

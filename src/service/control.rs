@@ -400,7 +400,7 @@ impl Service {
                         a.clone(),
                         i,
                         self.parts.board.clone(),
-                        self.health.stall(),
+                        health::helper_stall(self.health.stall()),
                     ));
                 }
             }
@@ -410,8 +410,11 @@ impl Service {
                 c.stop();
             }
             self.parts.board = frame_board(new.camera.len(), &self.parts.events);
-            self.parts.captures =
-                start_captures(&new.camera, &self.parts.board, self.health.stall());
+            self.parts.captures = start_captures(
+                &new.camera,
+                &self.parts.board,
+                health::helper_stall(self.health.stall()),
+            );
             self.camera_states = vec![None; new.camera.len()];
         }
         // Restarted cameras are not done; the worker reports again once they are.

@@ -27,6 +27,13 @@ pub struct Health {
     started: Instant,
 }
 
+/// How long an exec camera's helper may send no complete frame before face-edge restarts it: without
+/// systemd's watchdog, the stall time; under it, never (None): the stall stops the watchdog and systemd
+/// restarts the whole service, helper included, as for any other stalled camera.
+pub fn helper_stall(stall: Duration) -> Option<Duration> {
+    sd_notify::watchdog_enabled().is_none().then_some(stall)
+}
+
 impl Health {
     pub fn new(stall: Duration) -> Health {
         let watchdog = sd_notify::watchdog_enabled();

@@ -210,12 +210,12 @@ fn pipeline_for(config: &Config, overrides: &Overrides) -> anyhow::Result<FacePi
     )?)
 }
 
-/// The capture threads of `cameras`, writing into `board`; an exec helper silent for `stall` is
-/// restarted.
+/// The capture threads of `cameras`, writing into `board`; an exec helper silent for `stall` (when
+/// set) is restarted.
 fn start_captures(
     cameras: &[CameraConfig],
     board: &Arc<FrameBoard>,
-    stall: Duration,
+    stall: Option<Duration>,
 ) -> Vec<Option<Capture>> {
     cameras
         .iter()
@@ -293,7 +293,11 @@ pub fn run(source: ConfigSource) -> Result<Ending, StartupError> {
     let topics = Topics::new(&node_id(&config), &config.discovery_prefix());
     let sink = Arc::new(start_sink(&config, &topics, &events).map_err(startup)?);
     let board = frame_board(config.camera.len(), &events);
-    let captures = start_captures(&config.camera, &board, config.service.stall());
+    let captures = start_captures(
+        &config.camera,
+        &board,
+        health::helper_stall(config.service.stall()),
+    );
     let stats = Arc::new(Mutex::new(WorkerStats::default()));
     let setup = WorkerSetup {
         config: config.clone(),
