@@ -14,6 +14,7 @@ use crate::store::{
 use image::RgbImage;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 /// With `reject-ambiguous`, a second face at least this fraction of the main face's area makes the photo
 /// ambiguous.
@@ -264,7 +265,11 @@ pub fn sync(
     let total: usize = sources.iter().map(|p| p.images.len()).sum();
     let mut done = 0;
     let mut people = Vec::with_capacity(sources.len());
-    for source in sources {
+    let mut checkpoint = Checkpoint::new(lock.is_some(), previous.as_ref(), &key);
+    for (reached, source) in sources.iter().enumerate() {
+        if checkpoint.due(report.computed) {
+            checkpoint.save(state_dir, &people, &sources[reached..], report.computed)?;
+        }
         let mut images = Vec::with_capacity(source.images.len());
         for path in &source.images {
             let image = stored_image(path, &known, pipeline, policy, &mut report);
@@ -297,6 +302,68 @@ pub fn sync(
         report.written = true;
     }
     Ok((data, report))
+}
+
+/// How often a long sync writes what it has finished, so that a restart (a power cut, systemd's start
+/// timeout on a slow board) goes on from there instead of embedding every photo again.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(30);
+
+/// Intermediate saves of a long sync: the people finished so far, and for the others what the previous
+/// store (made under the same key) holds. Every entry is valid for its photo's content, so the next sync
+/// reuses them whether or not this one finishes.
+struct Checkpoint<'a> {
+    writable: bool,
+    earlier: HashMap<&'a str, &'a StoredPerson>,
+    key: &'a StoreKey,
+    last: Instant,
+    computed_at_last: usize,
+}
+
+impl<'a> Checkpoint<'a> {
+    fn new(writable: bool, previous: Option<&'a StoreData>, key: &'a StoreKey) -> Checkpoint<'a> {
+        let earlier = previous
+            .filter(|old| &old.key == key)
+            .map(|old| old.people.iter().map(|p| (p.id.as_str(), p)).collect())
+            .unwrap_or_default();
+        Checkpoint {
+            writable,
+            earlier,
+            key,
+            last: Instant::now(),
+            computed_at_last: 0,
+        }
+    }
+
+    /// Time for a save: new embeddings since the last one and CHECKPOINT_EVERY elapsed.
+    fn due(&self, computed: usize) -> bool {
+        self.writable && computed > self.computed_at_last && self.last.elapsed() >= CHECKPOINT_EVERY
+    }
+
+    fn save(
+        &mut self,
+        state_dir: &Path,
+        finished: &[StoredPerson],
+        rest: &[PersonSource],
+        computed: usize,
+    ) -> Result<(), StoreError> {
+        let waiting = rest
+            .iter()
+            .filter_map(|source| self.earlier.get(source.id.as_str()).copied().cloned());
+        let data = StoreData {
+            version: STORE_VERSION,
+            key: self.key.clone(),
+            people: finished.iter().cloned().chain(waiting).collect(),
+        };
+        store::save(state_dir, &data)?;
+        log::info!(
+            "gallery store: progress saved ({} of {} people done)",
+            finished.len(),
+            finished.len() + rest.len()
+        );
+        self.last = Instant::now();
+        self.computed_at_last = computed;
+        Ok(())
+    }
 }
 
 fn is_read_only(e: &std::io::Error) -> bool {
@@ -459,9 +526,11 @@ pub struct LoadedGallery {
 
 /// Collects the configured people, syncs the store with them (logging what was skipped or rejected)
 /// and builds the gallery: what the service does at start, on reload and after an enrolment.
+/// `progress` gets (images done, total) after each image.
 pub fn load_gallery(
     config: &Config,
     pipeline: &mut FacePipeline,
+    progress: impl FnMut(usize, usize),
 ) -> Result<LoadedGallery, GalleryError> {
     let sources = collect_sources(config)?;
     for w in &sources.warnings {
@@ -472,7 +541,7 @@ pub fn load_gallery(
         pipeline,
         config.gallery.enrol_policy,
         &config.state_dir,
-        |_, _| {},
+        progress,
     )?;
     for (person, path, reason) in &report.rejected {
         log::warn!("{path}: not enrolled for {person}: {reason}");
@@ -492,4 +561,73 @@ pub fn load_gallery(
         names,
         report,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn person(id: &str, embedding: f32) -> StoredPerson {
+        StoredPerson {
+            id: id.into(),
+            name: display_name(id),
+            images: vec![StoredImage {
+                path: format!("{id}.jpg"),
+                content_sha256: format!("{id}-sha"),
+                embedding: Some(vec![embedding, 0.0]),
+                rejected: None,
+            }],
+        }
+    }
+
+    fn source(id: &str) -> PersonSource {
+        PersonSource {
+            id: id.into(),
+            name: display_name(id),
+            images: vec![PathBuf::from(format!("{id}.jpg"))],
+        }
+    }
+
+    fn ids(data: &StoreData) -> Vec<&str> {
+        data.people.iter().map(|p| p.id.as_str()).collect()
+    }
+
+    #[test]
+    fn a_checkpoint_keeps_the_finished_people_and_the_earlier_store_for_the_rest() {
+        let dir = std::env::temp_dir().join(format!("face-edge-checkpoint-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut earlier = crate::store::tests::sample();
+        earlier.people = vec![person("a", 0.1), person("b", 0.2), person("c", 0.3)];
+        let key = earlier.key.clone();
+        let mut checkpoint = Checkpoint::new(true, Some(&earlier), &key);
+        assert!(!checkpoint.due(5), "not before CHECKPOINT_EVERY");
+        checkpoint.last -= CHECKPOINT_EVERY;
+        assert!(!checkpoint.due(0), "nothing new to save");
+        assert!(checkpoint.due(1));
+        // "a" re-embedded, "b" and "d" still to come, "c" left the configuration.
+        let finished = [person("a", 0.9)];
+        checkpoint
+            .save(&dir, &finished, &[source("b"), source("d")], 1)
+            .unwrap();
+        let saved = store::load(&dir).unwrap().unwrap();
+        assert_eq!(ids(&saved), ["a", "b"]);
+        assert_eq!(saved.people[0], finished[0]);
+        assert_eq!(saved.people[1], earlier.people[1]);
+        assert_eq!(saved.key, key);
+        checkpoint.last -= CHECKPOINT_EVERY;
+        assert!(!checkpoint.due(1), "saved already at 1 computed");
+        assert!(checkpoint.due(2));
+
+        // An earlier store made under another key contributes nothing.
+        let mut other = earlier.clone();
+        other.key.embedder = "another".into();
+        let mut checkpoint = Checkpoint::new(true, Some(&other), &key);
+        checkpoint.save(&dir, &finished, &[source("b")], 1).unwrap();
+        assert_eq!(ids(&store::load(&dir).unwrap().unwrap()), ["a"]);
+        // A read-only store is never checkpointed.
+        let mut read_only = Checkpoint::new(false, None, &key);
+        read_only.last -= CHECKPOINT_EVERY;
+        assert!(!read_only.due(10));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

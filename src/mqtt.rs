@@ -10,10 +10,10 @@ use crate::events::{Message, MessageKind, Request, Topics, parse_request};
 use crate::outbox::Outbox;
 use face_edge_core::authorise::{MAX_REQUEST_BYTES, RequestToken};
 use face_edge_core::command::CommandError;
-use rumqttc::{
-    Client, ConnectReturnCode, Connection, ConnectionError, Event, LastWill, MqttOptions, Outgoing,
-    Packet, QoS, RecvTimeoutError, TlsConfiguration, Transport,
-};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode, LastWill, Packet};
+use rumqttc::v5::{Client, Connection, ConnectionError, Event, MqttOptions, RecvTimeoutError};
+use rumqttc::{Outgoing, TlsConfiguration, Transport};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError as ChannelTimeout, Sender};
@@ -24,6 +24,9 @@ use std::time::{Duration, Instant};
 /// Messages handed to the connection before their acknowledgements come back.
 const MAX_IN_FLIGHT: usize = 20;
 const POLL: Duration = Duration::from_millis(50);
+/// The largest packet face-edge accepts from the broker: requests are at most 4 KiB, Home Assistant's
+/// birth message a few bytes; 64 KiB leaves room for MQTT 5 properties a broker may add.
+pub const MAX_INCOMING_PACKET: u32 = 64 << 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MqttError {
@@ -204,14 +207,18 @@ pub fn options(config: &MqttConfig, topics: &Topics) -> Result<MqttOptions, Mqtt
         .unwrap_or_else(|| format!("face-edge-{}-{}", topics.node_id, run_tag()));
     let mut o = MqttOptions::new(client_id, address.host.clone(), address.port);
     o.set_keep_alive(Duration::from_secs(config.keep_alive_s.max(5)));
-    // A clean session: face-edge keeps its own queue, so nothing depends on the broker's session state.
-    o.set_clean_session(true);
-    o.set_max_packet_size(1 << 20, 8 << 20);
+    // A clean start: face-edge keeps its own queue, so nothing depends on the broker's session state.
+    o.set_clean_start(true);
+    // MQTT 5's Maximum Packet Size, sent in CONNECT: the broker drops a larger message for this client
+    // instead of sending it (MQTT 3.1.1 has no way to say so: the client could only read it whole or
+    // drop the connection, and a retained one would come back at every reconnect).
+    o.set_max_packet_size(Some(MAX_INCOMING_PACKET));
     o.set_last_will(LastWill::new(
         topics.availability(),
         "offline",
         QoS::AtLeastOnce,
         true,
+        None,
     ));
     if let Some(user) = &config.username {
         o.set_credentials(user.clone(), read_password(config)?.unwrap_or_default());
@@ -451,7 +458,10 @@ impl Link {
             Event::Incoming(Packet::PubAck(ack)) => {
                 self.outbox.acknowledged(ack.pkid);
             }
-            Event::Incoming(Packet::Publish(p)) => self.on_publish(&p.topic, &p.payload, p.retain),
+            Event::Incoming(Packet::Publish(p)) => match std::str::from_utf8(&p.topic) {
+                Ok(topic) => self.on_publish(topic, &p.payload, p.retain),
+                Err(_) => log::warn!("MQTT: ignored a message whose topic is not UTF-8"),
+            },
             _ => {}
         }
     }

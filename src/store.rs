@@ -229,10 +229,10 @@ pub fn lock(state_dir: &Path) -> Result<StoreLock, StoreError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn sample() -> StoreData {
+    pub(crate) fn sample() -> StoreData {
         StoreData {
             version: STORE_VERSION,
             key: StoreKey {

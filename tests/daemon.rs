@@ -276,7 +276,7 @@ fn watchdog_is_fed_only_while_frames_flow() {
         .arg(&cfg)
         .env("NOTIFY_SOCKET", &socket_path)
         .env("WATCHDOG_USEC", (400_000 * slowdown()).to_string())
-        .stdout(Stdio::null())
+        .stdout(std::fs::File::create(dir.path("stdout.jsonl")).unwrap())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -303,6 +303,15 @@ fn watchdog_is_fed_only_while_frames_flow() {
         .map(|(t, _)| *t)
         .collect();
     assert!(pings.len() >= 3, "fed while frames flow: {log:?}");
+    // While the gallery (in a new state directory) was embedded, before READY: progress, and systemd's
+    // start timeout extended by a minute from it.
+    assert!(
+        log[..ready]
+            .iter()
+            .any(|(_, m)| m.contains("EXTEND_TIMEOUT_USEC=60000000")
+                && m.contains("STATUS=embedding gallery photos: ")),
+        "start-up progress: {log:?}"
+    );
     assert!(
         log[..ready].iter().all(|(_, m)| !m.contains("WATCHDOG=1")),
         "no ping before READY"
@@ -321,6 +330,24 @@ fn watchdog_is_fed_only_while_frames_flow() {
         "still alive: {log:?}"
     );
     assert!(stderr.contains("pipeline stalled"), "{stderr}");
+    // The camera's status said so: streaming, then stalled (the helper is still running).
+    let stdout = std::fs::read_to_string(dir.path("stdout.jsonl")).unwrap();
+    let states: Vec<String> = stdout
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|m| {
+            m["topic"]
+                .as_str()
+                .is_some_and(|t| t.ends_with("/cam/hall/status"))
+        })
+        .map(|m| m["payload"]["state"].as_str().unwrap().to_string())
+        .collect();
+    let streaming = states.iter().position(|s| s == "streaming");
+    let stalled = states.iter().position(|s| s == "stalled");
+    assert!(
+        streaming.is_some() && stalled > streaming,
+        "camera states: {states:?}"
+    );
 }
 
 /// Publishes a request carrying the configured token (or `token`, when given) and a transaction id.
@@ -582,6 +609,74 @@ fn requests_without_the_token_retained_or_turned_off_change_nothing() {
     );
     assert!(!stderr.contains("guess-guess"), "the token is never logged");
     assert!(!stderr.contains(REQUEST_TOKEN), "the token is never logged");
+}
+
+#[test]
+fn oversized_messages_on_the_broker_never_cost_the_connection() {
+    let broker = Mosquitto::start("");
+    let sub = Subscriber::start(broker.port, "#");
+    let dir = TempDir::new("oversized");
+    let (_, cfg) = stranger_in_the_hall(&dir, &broker);
+    // 10 MB, retained, on a request topic and on Home Assistant's status topic, waiting before face-edge
+    // connects: MQTT 3.1.1 would have to take them whole or drop the connection at every reconnect.
+    let huge = "x".repeat(10 << 20);
+    sub.publish("face-edge/e2e/request/reload_gallery", &huge, true);
+    sub.publish("homeassistant/status", &huge, true);
+    let child = start(&cfg);
+    sub.wait_for("the stranger", patience(30), |all| {
+        events(all).contains(&pair("unknown", None))
+    });
+    // And live ones, while it is connected.
+    for _ in 0..3 {
+        sub.publish("face-edge/e2e/request/snapshot", &huge, false);
+    }
+    sub.publish("homeassistant/status", &huge, false);
+    // The session goes on: a request sent after them is answered.
+    request(&sub, "reload_gallery", json!({}), None, "after");
+    assert_eq!(
+        response(&sub, "reload_gallery", "after", 30)["status"],
+        "ok"
+    );
+    let availability: Vec<String> = sub
+        .on("face-edge/e2e/availability")
+        .iter()
+        .map(|m| m.text())
+        .collect();
+    assert_eq!(availability, ["online"], "connected once, never dropped");
+    send_signal(child.id(), "TERM");
+    let stderr = stderr_of(child);
+    assert_eq!(stderr.matches("MQTT connected").count(), 1, "{stderr}");
+}
+
+#[test]
+fn a_face_seen_again_after_the_camera_was_away_is_a_new_visit() {
+    let broker = Mosquitto::start("");
+    let sub = Subscriber::start(broker.port, "#");
+    let dir = TempDir::new("camera-away");
+    // A helper that shows Obama for 2 s, then dies: restarted after 1 s, then 2 s (backoff), each
+    // time showing the same face in the same place.
+    let frames = write_frames(&dir, &[(Some("probes/obama1.jpg"), 20)]);
+    let script = format!(
+        "for f in {}/*.jpg; do cat \"$f\"; sleep 0.1; done; exit 1",
+        frames.display()
+    );
+    let camera = format!(
+        "[[camera]]\nname = \"hall\"\nkind = \"exec\"\ncommand = [\"sh\", \"-c\", {script:?}]\ndetect_fps = 10\n"
+    );
+    let url = broker.url();
+    let cfg = config(&dir, &gallery(), &camera, Some(&url), "");
+    let child = start(&cfg);
+    let visits = [
+        pair("recognized", Some("obama")),
+        pair("left", Some("obama")),
+        pair("recognized", Some("obama")),
+    ];
+    sub.wait_for("two visits", patience(40), |all| {
+        events(all).starts_with(&visits)
+    });
+    send_signal(child.id(), "TERM");
+    let stderr = stderr_of(child);
+    assert!(stderr.contains("retrying in 1 s"), "{stderr}");
 }
 
 #[test]

@@ -6,13 +6,16 @@
 #                                 mount and unshare, and Home Assistant Core in target/home-assistant
 #                                 (tests/install-home-assistant.sh; needs Python 3.13, else its test says so)
 #   tests/install-deps.sh ci      the packages of test + the aarch64 cross toolchain, qemu, systemd-analyze,
-#                                 python3-venv (.ci/run installs Home Assistant itself, while it builds)
+#                                 python3-venv (.ci/run installs Home Assistant itself, while it builds),
+#                                 mmdebstrap and qemu-system-x86 (the VM test, tests/vm/run.sh)
 set -euo pipefail
 
 build=(libclang-dev gcc libc6-dev)
 # mount, unshare: the read-only state directory test (as root: a read-only bind mount of its own).
 tests=(mosquitto mosquitto-clients openssl mount util-linux)
-ci=(systemd gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static file python3 python3-venv)
+# mmdebstrap, e2fsprogs, qemu-system-x86: tests/vm/run.sh (the .deb under real systemd in a VM).
+ci=(systemd gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static file python3 python3-venv
+  mmdebstrap e2fsprogs qemu-system-x86)
 case "${1:-test}" in
   build) wanted=("${build[@]}") ;;
   test) wanted=("${build[@]}" "${tests[@]}") ;;

@@ -127,19 +127,7 @@ impl ExecSource {
         }
         Ok(frame)
     }
-}
 
-impl FrameSource for ExecSource {
-    fn next_frame(&mut self) -> Result<Payload, SourceError> {
-        let frame = self.read_frame();
-        if frame.is_ok() {
-            self.last_frame = Instant::now();
-        }
-        frame
-    }
-}
-
-impl ExecSource {
     fn read_frame(&mut self) -> Result<Payload, SourceError> {
         match self.format {
             ExecFormat::Rgb24 => {
@@ -173,6 +161,16 @@ impl ExecSource {
                 Ok(Payload::Encoded(newest))
             }
         }
+    }
+}
+
+impl FrameSource for ExecSource {
+    fn next_frame(&mut self) -> Result<Payload, SourceError> {
+        let frame = self.read_frame();
+        if frame.is_ok() {
+            self.last_frame = Instant::now();
+        }
+        frame
     }
 }
 

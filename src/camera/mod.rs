@@ -88,6 +88,9 @@ pub enum CameraState {
     /// Waiting to reopen after this error.
     Retrying(String),
     Finished,
+    /// Streaming, but no frame for longer than the stall timeout (a hung device or helper). Never set
+    /// by a capture thread: `FrameBoard::states_seen` derives it.
+    Stalled,
 }
 
 impl CameraState {
@@ -98,6 +101,7 @@ impl CameraState {
             CameraState::Streaming => "streaming",
             CameraState::Retrying(_) => "retrying",
             CameraState::Finished => "finished",
+            CameraState::Stalled => "stalled",
         }
     }
 }
@@ -181,6 +185,33 @@ impl FrameBoard {
             .expect("frame board")
             .iter()
             .map(|s| s.state.clone())
+            .collect()
+    }
+
+    /// For each camera: is it away (opening or retrying) with no frame for at least `d`?
+    pub fn away_for(&self, d: Duration) -> Vec<bool> {
+        let slots = self.slots.lock().expect("frame board");
+        slots
+            .iter()
+            .map(|s| {
+                matches!(s.state, CameraState::Opening | CameraState::Retrying(_))
+                    && s.last_frame.unwrap_or(s.since).elapsed() >= d
+            })
+            .collect()
+    }
+
+    /// The states as the outside sees them: a streaming camera without a frame for `stall` is stalled.
+    pub fn states_seen(&self, stall: Duration) -> Vec<CameraState> {
+        let slots = self.slots.lock().expect("frame board");
+        slots
+            .iter()
+            .map(|s| {
+                let quiet = s.last_frame.map_or(s.since, |t| t.max(s.since)).elapsed();
+                match &s.state {
+                    CameraState::Streaming if quiet >= stall => CameraState::Stalled,
+                    state => state.clone(),
+                }
+            })
             .collect()
     }
 }
@@ -288,6 +319,8 @@ fn capture_loop(
                 backoff.up();
                 loop {
                     if stop.is_set() {
+                        drop(source);
+                        stop.set_child_group(0);
                         return;
                     }
                     match source.next_frame() {
@@ -308,6 +341,9 @@ fn capture_loop(
                 }
             }
         };
+        // The helper's group is gone (the source ended it): never signal that number again, it may
+        // be reused.
+        stop.set_child_group(0);
         if error == SourceError::Finished {
             log::info!("camera {}: no more frames", config.name());
             board.set_state(index, CameraState::Finished);

@@ -138,6 +138,8 @@ impl Service {
         let status = self.status_line(&stats);
         let healthy = cameras_healthy(&self.parts.board, self.health.stall());
         self.health.tick(&stats, healthy, self.ready, &status);
+        // A stall is no capture thread's event: it shows only by the clock.
+        self.publish_camera_states();
         if Instant::now() >= self.next_stats {
             let fps = (stats.frames - self.frames_at_last_stats) as f64
                 / self.stats_interval.as_secs_f64();
@@ -199,13 +201,17 @@ impl Service {
     }
 
     fn publish_camera_states(&mut self) {
-        let states = self.parts.board.states();
+        let states = self.parts.board.states_seen(self.health.stall());
         for (i, state) in states.into_iter().enumerate() {
             if self.camera_states.get(i).and_then(|s| s.as_ref()) == Some(&state) {
                 continue;
             }
             let error = match &state {
                 CameraState::Retrying(e) => Some(e.clone()),
+                CameraState::Stalled => Some(format!(
+                    "no frame for more than {} s",
+                    self.health.stall().as_secs_f32()
+                )),
                 _ => None,
             };
             let payload = json!({"state": state.name(), "error": error});

@@ -14,6 +14,62 @@ pub fn notify_ready() {
     let _ = sd_notify::notify(&[NotifyState::Ready, NotifyState::Status("running")]);
 }
 
+/// How long systemd is asked to wait for the next sign of progress while the gallery is embedded
+/// before READY=1: one photo takes well under a second on a Raspberry Pi 4, so a start that stops
+/// progressing still times out, while a large gallery on a slow board does not.
+const START_PROGRESS_GRACE: Duration = Duration::from_secs(60);
+
+const MODEL_LOAD_GRACE: Duration = Duration::from_secs(120);
+
+/// Start-up progress (`done` of `total` gallery photos): STATUS= for `systemctl status`, and
+/// EXTEND_TIMEOUT_USEC so that systemd's start timeout counts from the latest progress. Called after
+/// every photo; writes at most once a second.
+pub struct StartProgress {
+    last: Option<Instant>,
+    logged: Instant,
+}
+
+impl Default for StartProgress {
+    fn default() -> StartProgress {
+        StartProgress {
+            last: None,
+            logged: Instant::now(),
+        }
+    }
+}
+
+impl StartProgress {
+    /// Before the models load (tract optimises each network, seconds on a Raspberry Pi): STATUS= and
+    /// two minutes of start timeout from now.
+    pub fn loading_models(&self) {
+        let grace = MODEL_LOAD_GRACE.as_micros() as u32;
+        let _ = sd_notify::notify(&[
+            NotifyState::ExtendTimeoutUsec(grace),
+            NotifyState::Status("loading models"),
+        ]);
+    }
+
+    pub fn update(&mut self, done: usize, total: usize) {
+        if self
+            .last
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+        {
+            return;
+        }
+        self.last = Some(Instant::now());
+        let status = format!("embedding gallery photos: {done}/{total}");
+        let grace = START_PROGRESS_GRACE.as_micros() as u32;
+        let _ = sd_notify::notify(&[
+            NotifyState::ExtendTimeoutUsec(grace),
+            NotifyState::Status(&status),
+        ]);
+        if self.logged.elapsed() >= Duration::from_secs(10) {
+            log::info!("{status}");
+            self.logged = Instant::now();
+        }
+    }
+}
+
 pub fn notify_stopping() {
     let _ = sd_notify::notify(&[NotifyState::Stopping]);
 }

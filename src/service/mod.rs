@@ -275,15 +275,19 @@ pub fn run(source: ConfigSource) -> Result<Ending, StartupError> {
     }
     let (events, inbox) = mpsc::channel();
     start_event_sources(&events).map_err(startup)?;
+    let mut progress = health::StartProgress::default();
+    progress.loading_models();
     let mut pipeline = pipeline_for(&config, &source.overrides).map_err(startup)?;
     log::info!(
         "models: detector {}, embedder {}",
         pipeline.detector.id(),
         pipeline.embedder.id()
     );
-    let loaded = load_gallery(&config, &mut pipeline)
-        .context("gallery store")
-        .map_err(startup)?;
+    let loaded = load_gallery(&config, &mut pipeline, |done, total| {
+        progress.update(done, total)
+    })
+    .context("gallery store")
+    .map_err(startup)?;
     log::info!(
         "gallery: {} people, threshold {:.3}",
         loaded.names.len(),

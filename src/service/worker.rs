@@ -293,6 +293,7 @@ impl Worker {
                     self.process(i, frame);
                 }
             }
+            self.end_visits_at_absent_cameras();
             let messages = self.reporter.tick(SystemTime::now());
             self.send(messages);
             let mut s = self.stats.lock().expect("stats");
@@ -305,6 +306,21 @@ impl Worker {
             drop(s);
             self.expire_enrolment();
             self.report_drained();
+        }
+    }
+
+    /// A camera away (unplugged, its helper restarting) for `lost_after_s` shows nobody: the visits in
+    /// its view end (`left`), so a face it shows when it is back is a new visit with its own
+    /// `recognized`. A slow pipeline is not an absence: frames keep arriving, tracks go on.
+    fn end_visits_at_absent_cameras(&mut self) {
+        let lost_after = Duration::from_secs_f32(self.config.tracking.lost_after_s);
+        let away = self.board.away_for(lost_after);
+        for (i, away) in away.into_iter().enumerate() {
+            if away && self.cameras[i].recognizer.faces_in_view() > 0 {
+                for effect in self.cameras[i].recognizer.end_all(SystemTime::now()) {
+                    self.carry_out(i, effect);
+                }
+            }
         }
     }
 
@@ -525,8 +541,12 @@ impl Worker {
     /// Syncs the gallery with `config` and swaps it in; people who left are erased from the store and
     /// from Home Assistant. Cameras, MQTT and service settings stay as they run.
     fn resync(&mut self, config: Config) -> Answer {
-        let loaded = load_gallery(&config, &mut self.pipeline)
-            .map_err(|e| CommandError::Failed(e.to_string()))?;
+        // A long sync is progress, not a hang: each photo counts as a heartbeat for the watchdog.
+        let stats = self.stats.clone();
+        let loaded = load_gallery(&config, &mut self.pipeline, |_, _| {
+            stats.lock().expect("stats").heartbeat = Some(Instant::now());
+        })
+        .map_err(|e| CommandError::Failed(e.to_string()))?;
         self.gallery = loaded.gallery;
         let options = recognizer_options(&self.config);
         for c in &mut self.cameras {
@@ -673,13 +693,7 @@ impl Worker {
 
 /// True while no streaming camera has gone quiet for longer than the stall timeout.
 pub fn cameras_healthy(board: &FrameBoard, stall: Duration) -> bool {
-    let slots = board.slots.lock().expect("frame board");
-    slots.iter().all(|s| match s.state {
-        CameraState::Streaming => {
-            s.last_frame.map_or(s.since, |t| t.max(s.since)).elapsed() < stall
-        }
-        _ => true,
-    })
+    !board.states_seen(stall).contains(&CameraState::Stalled)
 }
 
 /// Writes `photos` into `dir` (created 0700) with the store's atomic writer (mode 0600, fsync of the

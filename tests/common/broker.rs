@@ -158,7 +158,8 @@ impl Subscriber {
         let mut o = MqttOptions::new(format!("test-sub-{}", free_port()), "127.0.0.1", port);
         o.set_clean_session(false);
         o.set_keep_alive(Duration::from_secs(5));
-        o.set_max_packet_size(8 << 20, 1 << 20);
+        // Large enough for the 10 MB messages of the oversized-message test, in both directions.
+        o.set_max_packet_size(16 << 20, 16 << 20);
         let (client, mut connection) = Client::new(o, 100);
         let received = Arc::new(Mutex::new(Vec::new()));
         let (r, c, filter) = (received.clone(), client.clone(), filter.to_string());

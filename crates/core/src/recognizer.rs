@@ -251,6 +251,8 @@ impl Recognizer {
 
     /// Ends every track (the service stops or the camera is replaced).
     pub fn end_all(&mut self, now: SystemTime) -> Vec<Effect> {
+        // Nobody is where they were: a still frame must not bring the old faces back.
+        self.last_faces.clear();
         self.tracker
             .end_all(now)
             .into_iter()
