@@ -63,7 +63,7 @@ timeout 30m qemu-system-x86_64 "${accel[@]}" -m 2048 -smp 2 -nographic -no-reboo
   -drive "file=$image/disk.img,if=virtio,format=raw,snapshot=on" \
   -virtfs "local,path=$share,mount_tag=share,security_model=none,id=share" \
   > "$share/console.txt" 2>&1 || status=$?
-grep '^\[vm ' "$share/console.txt" | sed 's/\r$//' || true
+cat "$share/log.txt" 2>/dev/null || true
 result=$(cat "$share/result" 2>/dev/null || echo "no result (qemu exit $status)")
 say "VM test: $result"
 if [ "$result" != pass ]; then
