@@ -13,9 +13,10 @@ set -euo pipefail
 build=(libclang-dev gcc libc6-dev)
 # mount, unshare: the read-only state directory test (as root: a read-only bind mount of its own).
 tests=(mosquitto mosquitto-clients openssl mount util-linux)
-# mmdebstrap, e2fsprogs, qemu-system-x86: tests/vm/run.sh (the .deb under real systemd in a VM).
+# tests/vm/run.sh (the .deb under real systemd in a VM): mmdebstrap with the two of its recommends that
+# root mode uses (gpg, libdpkg-perl), e2fsprogs (mke2fs -d), qemu-system-x86.
 ci=(systemd gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static file python3 python3-venv
-  mmdebstrap e2fsprogs qemu-system-x86)
+  mmdebstrap gpg libdpkg-perl e2fsprogs qemu-system-x86)
 case "${1:-test}" in
   build) wanted=("${build[@]}") ;;
   test) wanted=("${build[@]}" "${tests[@]}") ;;
