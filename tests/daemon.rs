@@ -125,8 +125,13 @@ fn exec_camera(frames: &std::path::Path, fps: u32) -> String {
         frames.display(),
         1.0 / fps as f32
     );
+    format!("{}detect_fps = {fps}\n", sh_camera(&script))
+}
+
+/// An exec camera "hall" running `script` with sh.
+fn sh_camera(script: &str) -> String {
     format!(
-        "[[camera]]\nname = \"hall\"\nkind = \"exec\"\ncommand = [\"sh\", \"-c\", {script:?}]\ndetect_fps = {fps}\n"
+        "[[camera]]\nname = \"hall\"\nkind = \"exec\"\ncommand = [\"sh\", \"-c\", {script:?}]\n"
     )
 }
 
@@ -660,9 +665,7 @@ fn a_face_seen_again_after_the_camera_was_away_is_a_new_visit() {
         "for f in {}/*.jpg; do cat \"$f\"; sleep 0.1; done; exit 1",
         frames.display()
     );
-    let camera = format!(
-        "[[camera]]\nname = \"hall\"\nkind = \"exec\"\ncommand = [\"sh\", \"-c\", {script:?}]\ndetect_fps = 10\n"
-    );
+    let camera = format!("{}detect_fps = 10\n", sh_camera(&script));
     let url = broker.url();
     let cfg = config(&dir, &gallery(), &camera, Some(&url), "");
     let child = start(&cfg);
@@ -1008,9 +1011,7 @@ fn a_helper_that_keeps_dying_is_restarted_ever_more_slowly() {
     let frames = write_frames(&dir, &[(Some("probes/obama1.jpg"), 1)]);
     // One frame, then exit: a stream that never lasts.
     let script = format!("cat {}/00001.jpg", frames.display());
-    let camera = format!(
-        "[[camera]]\nname = \"hall\"\nkind = \"exec\"\ncommand = [\"sh\", \"-c\", {script:?}]\n"
-    );
+    let camera = sh_camera(&script);
     let cfg = config(&dir, &gallery(), &camera, None, "");
     let child = start(&cfg);
     std::thread::sleep(Duration::from_secs(9));
@@ -1036,9 +1037,7 @@ fn a_stalled_noisy_helper_that_ignores_sigterm_is_restarted_bounded_and_killed()
         pids = pids.display(),
         frame = frames.join("00001.jpg").display()
     );
-    let camera = format!(
-        "[[camera]]\nname = \"hall\"\nkind = \"exec\"\ncommand = [\"sh\", \"-c\", {script:?}]\n"
-    );
+    let camera = sh_camera(&script);
     let cfg = config(
         &dir,
         &gallery(),

@@ -188,7 +188,8 @@ impl FrameBoard {
             .collect()
     }
 
-    /// For each camera: is it away (opening or retrying) with no frame for at least `d`?
+    /// For each camera: is it away (opening or retrying) with no frame for at least `d`? Counted from
+    /// the last frame across the retrying/opening changes (each resets `since`), unlike a stall.
     pub fn away_for(&self, d: Duration) -> Vec<bool> {
         let slots = self.slots.lock().expect("frame board");
         slots
@@ -311,17 +312,16 @@ fn capture_loop(
     let mut backoff = Backoff::new(Duration::from_secs(30));
     while !stop.is_set() {
         board.set_state(index, CameraState::Opening);
+        // None: asked to stop while streaming.
         let error = match open_source(config, stop, stall) {
-            Err(e) => e,
+            Err(e) => Some(e),
             Ok(mut source) => {
                 log::info!("camera {}: streaming", config.name());
                 board.set_state(index, CameraState::Streaming);
                 backoff.up();
                 loop {
                     if stop.is_set() {
-                        drop(source);
-                        stop.set_child_group(0);
-                        return;
+                        break None;
                     }
                     match source.next_frame() {
                         Ok(payload) => {
@@ -336,14 +336,17 @@ fn capture_loop(
                                 s.frames += 1;
                             });
                         }
-                        Err(e) => break e,
+                        Err(e) => break Some(e),
                     }
                 }
             }
         };
-        // The helper's group is gone (the source ended it): never signal that number again, it may
-        // be reused.
+        // The helper's group is gone (the source, dropped above, ended it): never signal that number
+        // again, it may be reused.
         stop.set_child_group(0);
+        let Some(error) = error else {
+            return;
+        };
         if error == SourceError::Finished {
             log::info!("camera {}: no more frames", config.name());
             board.set_state(index, CameraState::Finished);

@@ -19,6 +19,7 @@ pub fn notify_ready() {
 /// progressing still times out, while a large gallery on a slow board does not.
 const START_PROGRESS_GRACE: Duration = Duration::from_secs(60);
 
+/// The same before the models load: one long step, with no progress to report until it ends.
 const MODEL_LOAD_GRACE: Duration = Duration::from_secs(120);
 
 /// Start-up progress (`done` of `total` gallery photos): STATUS= for `systemctl status`, and
