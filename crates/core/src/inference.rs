@@ -143,10 +143,11 @@ impl OnnxModel {
             .and_then(|m| m.into_typed())
             .map_err(onnx_err)?;
         let typed = match precision {
-            Precision::F32 if self.kernels == Kernels::FaceEdge => typed
-                .into_decluttered()
-                .and_then(|mut m| face_edge_kernels::install(&mut m).map(|_| m))
-                .map_err(onnx_err)?,
+            Precision::F32 if self.kernels == Kernels::FaceEdge => {
+                face_edge_kernels::declutter(typed)
+                    .and_then(|mut m| face_edge_kernels::install(&mut m).map(|_| m))
+                    .map_err(onnx_err)?
+            }
             Precision::F32 => typed,
             Precision::F16 => typed
                 .into_decluttered()

@@ -13,6 +13,10 @@ pub struct CpuFeatures {
     /// aarch64 half-precision arithmetic (ARMv8.2 FP16: Cortex-A76 of a Raspberry Pi 5, Jetson Orin),
     /// which Linux reports from the CPU's ID registers and qemu for the CPU model it emulates.
     pub fp16: bool,
+    /// aarch64 SDOT/UDOT (ARMv8.2 dot product: Cortex-A76, not the Pi 4's A72): the int8 1x1 kernel.
+    pub dotprod: bool,
+    /// x86-64 AVX512-VNNI (VPDPBUSD): the int8 1x1 kernel.
+    pub avx512vnni: bool,
 }
 
 /// The features of the CPU this process runs on.
@@ -28,6 +32,9 @@ fn detect() -> CpuFeatures {
             avx2: std::arch::is_x86_feature_detected!("avx2"),
             avx512f: std::arch::is_x86_feature_detected!("avx512f"),
             fp16: false,
+            dotprod: false,
+            avx512vnni: std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512vnni"),
         }
     }
     #[cfg(target_arch = "aarch64")]
@@ -36,6 +43,8 @@ fn detect() -> CpuFeatures {
             avx2: false,
             avx512f: false,
             fp16: std::arch::is_aarch64_feature_detected!("fp16"),
+            dotprod: std::arch::is_aarch64_feature_detected!("dotprod"),
+            avx512vnni: false,
         }
     }
     #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
@@ -44,6 +53,8 @@ fn detect() -> CpuFeatures {
             avx2: false,
             avx512f: false,
             fp16: false,
+            dotprod: false,
+            avx512vnni: false,
         }
     }
 }

@@ -231,6 +231,23 @@ pub(crate) fn first_layer_for(
 /// A 1x1 convolution as tract's decluttering leaves it: an f32 EinSum `[N]IHW,OI->[N]OHW` (batch of
 /// one) with constant weights, whose only reader adds a constant per-channel bias. Returns the op,
 /// the bias and the outlet of the sum.
+/// When the one reader of `product` (not a model output) is a plain two-input Add: that node and
+/// its other input (a convolution's bias, when it is constant).
+pub(crate) fn added_after(
+    model: &TypedModel,
+    product: OutletId,
+) -> TractResult<Option<(&TypedNode, OutletId)>> {
+    let readers = model.outlet_successors(product);
+    if readers.len() != 1 || model.output_outlets()?.contains(&product) {
+        return Ok(None);
+    }
+    let add = model.node(readers[0].node);
+    let is_add = add
+        .op_as::<TypedBinOp>()
+        .is_some_and(|b| b.0.is::<Add>() && b.1.is_none() && add.inputs.len() == 2);
+    Ok(is_add.then(|| (add, add.inputs[1 - readers[0].slot])))
+}
+
 pub(crate) fn pointwise_for(
     model: &TypedModel,
     node: &TypedNode,
@@ -270,18 +287,9 @@ pub(crate) fn pointwise_for(
         return Ok(None);
     }
     let product = OutletId::new(node.id, 0);
-    let readers = model.outlet_successors(product);
-    if readers.len() != 1 || model.output_outlets()?.contains(&product) {
-        return Ok(None);
-    }
-    let add = model.node(readers[0].node);
-    let Some(bin) = add.op_as::<TypedBinOp>() else {
+    let Some((add, bias)) = added_after(model, product)? else {
         return Ok(None);
     };
-    if !bin.0.is::<Add>() || bin.1.is_some() || add.inputs.len() != 2 {
-        return Ok(None);
-    }
-    let bias = add.inputs[1 - readers[0].slot];
     let bias_fact = model.outlet_fact(bias)?;
     let Some(output_shape) = model
         .outlet_fact(product)?

@@ -37,7 +37,7 @@ fn pool_spec(c: usize, kernel: usize, stride: usize, padding: PaddingSpec) -> Po
 
 /// Runs `model` as tract optimises it, and with `install` first; returns both outputs and how many
 /// nodes `install` replaced.
-fn both(model: TypedModel, input: Tensor) -> (Vec<f32>, Vec<f32>, usize) {
+pub(crate) fn both(model: TypedModel, input: Tensor) -> (Vec<f32>, Vec<f32>, usize) {
     let run = |m: TypedModel| {
         let out = m
             .into_optimized()
@@ -197,7 +197,7 @@ fn assert_close(reference: &[f32], ours: &[f32], tolerance: f32, what: &str) {
 }
 
 /// Operator names of the optimised model `install` was applied to.
-fn optimised_ops(model: TypedModel) -> Vec<String> {
+pub(crate) fn optimised_ops(model: TypedModel) -> Vec<String> {
     let mut ours = model.into_decluttered().unwrap();
     install(&mut ours).unwrap();
     let ours = ours.into_optimized().unwrap();

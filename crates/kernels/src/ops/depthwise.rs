@@ -44,17 +44,33 @@ impl EvalOp for Depthwise3x3 {
     op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let [data, kernel, bias] = data_kernel_bias(&inputs, self.window.input.iter().product())?;
+        // SAFETY: f32 has no invalid bit patterns, and `compute` writes every element (rows start
+        // from the bias) before the tensor is returned.
+        let mut out = unsafe { Tensor::uninitialized::<f32>(&self.window.output_shape)? };
+        self.compute(data, kernel, bias, out_values(&mut out)?)?;
+        Ok(tvec!(out.into_tvalue()))
+    }
+}
+
+impl Depthwise3x3 {
+    /// The convolution of `data` into `out` (every element written), for callers holding slices.
+    pub(crate) fn compute(
+        &self,
+        data: &[f32],
+        kernel: &[f32],
+        bias: &[f32],
+        out: &mut [f32],
+    ) -> TractResult<()> {
         let window = &self.window;
-        let [data, kernel, bias] = data_kernel_bias(&inputs, window.input.iter().product())?;
         let [_, c, h, w] = window.input;
         let [_, _, oh, ow] = window.output;
         ensure!(kernel.len() == c * 9 && (bias.len() == c || bias.len() == 1));
-        // SAFETY: f32 has no invalid bit patterns, and every element is written below (rows start from
-        // the bias) before the tensor is returned.
-        let mut out = unsafe { Tensor::uninitialized::<f32>(&window.output_shape)? };
+        ensure!(data.len() == window.input.iter().product::<usize>());
+        ensure!(out.len() == window.output.iter().product::<usize>());
         if self.channels_last {
-            self.interleaved(data, kernel, bias, out_values(&mut out)?);
-            return Ok(tvec!(out.into_tvalue()));
+            self.interleaved(data, kernel, bias, out);
+            return Ok(());
         }
         // Stride 2 and small planes are copied into this padded buffer; larger planes at stride 1
         // are read in place and only need a row of zeros for the rows outside the plane.
@@ -63,9 +79,7 @@ impl EvalOp for Depthwise3x3 {
         let padded_len = if in_place { w } else { window.padded_len() };
         let mut padded = vec![0f32; padded_len];
         let mut flat = vec![0f32; if whole_planes { padded_len } else { 0 }];
-        let planes = data
-            .chunks_exact(h * w)
-            .zip(out_values(&mut out)?.chunks_exact_mut(oh * ow));
+        let planes = data.chunks_exact(h * w).zip(out.chunks_exact_mut(oh * ow));
         for (i, (src, dst)) in planes.enumerate() {
             let ch = i % c;
             let taps: &[f32; 9] = kernel[ch * 9..ch * 9 + 9].try_into()?;
@@ -84,7 +98,7 @@ impl EvalOp for Depthwise3x3 {
                 nine_taps(row, window.taps(&padded, oy), taps, b, self.clamp);
             }
         }
-        Ok(tvec!(out.into_tvalue()))
+        Ok(())
     }
 }
 

@@ -3,13 +3,17 @@
 
 mod depthwise;
 mod first_layer;
+mod int8_gemm;
 mod max_pool;
 mod pointwise;
+mod quantized;
 
 pub(crate) use depthwise::Depthwise3x3;
 pub(crate) use first_layer::*;
+pub(crate) use int8_gemm::{GemmKind, PackedWeights, gemm_u8};
 pub(crate) use max_pool::MaxPool2x2;
 pub(crate) use pointwise::*;
+pub(crate) use quantized::*;
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;

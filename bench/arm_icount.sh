@@ -1,0 +1,58 @@
+#!/bin/bash
+# Instructions per inference on the Raspberry Pi cores, face-edge (tract with face-edge's kernels) next to
+# onnxruntime 1.27 on the same ONNX files, counted by ../shared/tools/arm-icount under qemu. Run by hand
+# (it takes several minutes per network), not in CI; instruction counts are a proxy, not time.
+#
+#   bench/arm_icount.sh [MODELS_DIR] [VARIANTS_DIR]
+#
+# MODELS_DIR holds the f32 weights (default $FACE_EDGE_MODELS_DIR, else ../shared/models), VARIANTS_DIR the
+# int8 QDQ files models/quantize.py made (default target/variants, as .ci/run makes them). Each figure is
+# marginal: (count with 1 + K runs - count with 1 run) / K, so start-up and graph optimisation cancel out.
+# Pi 4 = cortex-a72 with TRACT_CPU_AARCH64_KIND=a72; Pi 5 = cortex-a76 with TRACT_CPU_AARCH64_KIND=a75,
+# which gives tract the fp16 and dot-product kernels a Pi 5's kernel would let it detect (qemu-user shows
+# the host's /proc/cpuinfo); face-edge's own kernels read the CPU's features as qemu emulates them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+here=$PWD
+shared=$(cd "$here/.." && pwd)/shared
+models=${1:-${FACE_EDGE_MODELS_DIR:-$shared/models}}
+variants=${2:-$here/target/variants}
+icount=$shared/tools/arm-icount
+target=aarch64-unknown-linux-gnu
+extra=${K:-5}
+
+cargo build --release --quiet --target $target -p face-edge-kernels --example network_runs
+runner=$here/target/$target/release/examples/network_runs
+
+kind() { [ "$1" = cortex-a72 ] && echo a72 || echo a75; }
+
+# marginal CPU -- PROGRAM ARGS...: the program's last argument before MODE is the run count.
+face_edge() { # CPU MODEL SHAPE MODE
+  local one many
+  one=$("$icount/count.sh" "$1" -E TRACT_CPU_AARCH64_KIND="$(kind "$1")" -- "$runner" "$2" "$3" 1 "$4")
+  many=$("$icount/count.sh" "$1" -E TRACT_CPU_AARCH64_KIND="$(kind "$1")" -- "$runner" "$2" "$3" $((1 + extra)) "$4")
+  echo $(((many - one) / extra))
+}
+onnxruntime() { # CPU MODEL
+  local one many
+  one=$("$icount/count.sh" "$1" -- python "$icount/ort_net.py" "$2" 1)
+  many=$("$icount/count.sh" "$1" -- python "$icount/ort_net.py" "$2" $((1 + extra)))
+  echo $(((many - one) / extra))
+}
+millions() { awk -v n="$1" 'BEGIN { printf "%.0f M", n / 1e6 }'; }
+
+echo "| network | core | onnxruntime f32 | onnxruntime int8 QDQ | face-edge f32 | face-edge f16 | face-edge int8 QDQ |"
+echo "|---|---|---|---|---|---|---|"
+for net in "MobileFaceNet 112|mobilefacenet|1x3x112x112" "EfficientNetV2-B0 stand-in 224|japanese_face_v1_standin|1x3x224x224"; do
+  IFS='|' read -r label stem shape <<<"$net"
+  f32=$models/$stem.onnx
+  int8=$variants/$stem.int8-qdq.onnx
+  [ -f "$f32" ] || { echo "missing $f32" >&2; exit 1; }
+  [ -f "$int8" ] || { echo "missing $int8 (make it with models/quantize.py --method int8-qdq)" >&2; exit 1; }
+  for cpu in ${CPUS:-cortex-a72 cortex-a76}; do
+    f16=n/a
+    [ "$cpu" = cortex-a76 ] && f16=$(millions "$(face_edge "$cpu" "$f32" "$shape" f16)")
+    echo "| $label | $cpu | $(millions "$(onnxruntime "$cpu" "$f32")") | $(millions "$(onnxruntime "$cpu" "$int8")") |" \
+      "$(millions "$(face_edge "$cpu" "$f32" "$shape" face-edge)") | $f16 | $(millions "$(face_edge "$cpu" "$int8" "$shape" face-edge)") |"
+  done
+done
