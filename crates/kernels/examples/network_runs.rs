@@ -3,7 +3,9 @@
 //! under qemu against onnxruntime doing the same.
 //!
 //! `network_runs MODEL.onnx 1x3x112x112 N [tract|f16]`: `tract` leaves face-edge's kernels out,
-//! `f16` translates the graph to half precision as `--precision f16` does.
+//! `f16` translates the graph to half precision as `--precision f16` does. With `NETWORK_RUNS_GRAPH`
+//! set it prints the decluttered graph, with `NETWORK_RUNS_OPS` the optimised plan's operator counts
+//! (which of face-edge's ops were installed).
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::{bail, format_err};

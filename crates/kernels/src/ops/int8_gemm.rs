@@ -1,14 +1,15 @@
-//! The uint8 x int8 -> i32 matrix product behind the quantized 1x1 convolution, in tiles of 4 output
-//! channels x 16 pixels with input channels taken 4 at a time: the shape of one instruction on both
-//! CPUs that have a 4-way byte dot product (aarch64 SDOT on ARMv8.2 cores such as the Pi 5's
-//! Cortex-A76: 4 pixels x 4 channels against one output's 4 weights; x86-64 AVX512-VNNI VPDPBUSD:
-//! 16 pixels x 4 channels). Elsewhere (the Pi 4's Cortex-A72, x86-64 without VNNI) a plain loop over
-//! the same layout, left to the compiler's vectoriser.
+//! The uint8 x int8 -> i32 matrix product behind the quantized 1x1 convolution (and the dense 3x3
+//! one, after im2col), in tiles of 4 output channels x 16 pixels with input channels taken 4 at a
+//! time: the shape of one instruction on both CPUs that have a 4-way byte dot product (aarch64 SDOT
+//! on ARMv8.2 cores such as the Pi 5's Cortex-A76: 4 pixels x 4 channels against one output's 4
+//! weights; x86-64 AVX512-VNNI VPDPBUSD: 16 pixels x 4 channels). The Pi 4's Cortex-A72 has no dot
+//! product: NEON SMULL/SADALP over the same layout. Elsewhere (x86-64 without VNNI) a plain loop,
+//! left to the compiler's vectoriser.
 //!
 //! Layouts: the image is packed per tile of 16 pixels as [channel group][pixel][4 channels] (channels
 //! and pixels past the end are zero); the weights as [output group][channel group][4 outputs][4
-//! channels]. SDOT multiplies signed bytes, so for it the uint8 image is stored as x - 128 (the top
-//! bit flipped) and `Requantize::offset` gives the 128 back.
+//! channels]. SDOT and SMULL multiply signed bytes, so for them the uint8 image is stored as x - 128
+//! (the top bit flipped) and `Requantize::offset` gives the 128 back.
 
 use super::quantized::Requantize;
 use crate::cpu;
