@@ -167,3 +167,51 @@ fn mobilefacenet_variants_stay_within_half_a_point_on_lfw() {
     }
     assert!(checked >= 2, "mobilefacenet variants checked: {checked}");
 }
+
+/// face-edge's integer path gives the same int8-qdq embeddings on every CPU: its sums are exact
+/// integers and the requantization rounds alike on x86-64 (VNNI or the portable loop) and aarch64
+/// (NEON here, as a Cortex-A72 under qemu), so the two builds agree on the golden crops to cosine
+/// 0.9999, as the f32 models do in golden_parity. Compared by the emulated run, like those.
+#[test]
+fn the_int8_qdq_variant_agrees_across_architectures() {
+    let Some(variants) = variants_dir() else {
+        return;
+    };
+    if !common::emulated() && std::env::var_os("FACE_EDGE_TEST_ARCH_COMPARED_UNDER_QEMU").is_some()
+    {
+        println!("not compared here: the emulated run compares the same two builds");
+        return;
+    }
+    let other = match common::other_architecture_face_edge() {
+        Ok(other) => other,
+        Err(missing) => {
+            assert!(
+                std::env::var_os("FACE_EDGE_TEST_REQUIRE_OTHER_ARCH").is_none(),
+                "{} is required (FACE_EDGE_TEST_REQUIRE_OTHER_ARCH)",
+                missing.display()
+            );
+            println!("not compared: {} is not built", missing.display());
+            return;
+        }
+    };
+    let dir = combined_models_dir(&variants);
+    let mut crops = golden_crops("mobilefacenet");
+    if common::emulated() {
+        crops.truncate(8);
+    }
+    let embed = |mut cmd: std::process::Command| {
+        cmd.env("FACE_EDGE_MODELS_DIR", &dir.0);
+        let (code, embeddings, stderr) =
+            embed_aligned(cmd, "mobilefacenet-int8-qdq", "f32", &crops);
+        assert_eq!(code, 0, "{stderr}");
+        assert_eq!(embeddings.len(), crops.len());
+        embeddings
+    };
+    let (cosines, _, min) = agreement(&embed(face_edge()), &embed(other));
+    println!(
+        "mobilefacenet-int8-qdq: {} golden crops, {} vs the other architecture: minimum cosine {min:.7}",
+        crops.len(),
+        std::env::consts::ARCH
+    );
+    assert!(min >= 0.9999, "cosines across architectures: {cosines:?}");
+}

@@ -464,7 +464,9 @@ mod neon {
     unsafe fn store(v: float32x4_t, scale: f32, shift: f32, zero: u8, y: &mut [u8]) {
         // SAFETY: NEON arithmetic on registers only; the result is copied into `y` safely.
         let four = unsafe {
-            let scaled = vfmaq_n_f32(vdupq_n_f32(shift), v, scale);
+            // A multiply then an add, not a fused multiply-add: the same rounding as the scalar code
+            // (which Rust never fuses), so every CPU gives the same bytes.
+            let scaled = vaddq_f32(vmulq_n_f32(v, scale), vdupq_n_f32(shift));
             let q = vaddq_s32(vcvtnq_s32_f32(scaled), vdupq_n_s32(zero as i32));
             let bytes = vqmovn_u16(vcombine_u16(vqmovun_s32(q), vdup_n_u16(0)));
             vget_lane_u32::<0>(vreinterpret_u32_u8(bytes))
