@@ -1,7 +1,8 @@
 //! Where the graph rewrite looks in a QDQ graph (onnxruntime's static quantizer, uint8 activations,
-//! int8 weights): `DequantizeLinear(u8) -> op -> QuantizeLinear(u8)` for a 1x1 convolution with its
-//! bias, a planar 3x3 depthwise convolution with its bias, and a residual addition of two dequantized
-//! tensors. tract declutters the weights' own DequantizeLinear into f32 constants; their int8 values
+//! int8 weights): `DequantizeLinear(u8) -> layer -> QuantizeLinear(u8)` for a 1x1 convolution with
+//! its bias, a planar 3x3 depthwise or dense convolution with its bias, a residual addition of two
+//! dequantized tensors, and any element-wise chain that depends on one uint8 tensor (a table of 256
+//! values). tract declutters the weights' own DequantizeLinear into f32 constants; their int8 values
 //! and per-channel scales are recovered from them (and a weight that is not an int8 multiple of its
 //! channel's scale leaves the node to tract).
 
