@@ -231,6 +231,22 @@ pub(crate) fn first_layer_for(
 /// A 1x1 convolution as tract's decluttering leaves it: an f32 EinSum `[N]IHW,OI->[N]OHW` (batch of
 /// one) with constant weights, whose only reader adds a constant per-channel bias. Returns the op,
 /// the bias and the outlet of the sum.
+/// Whether `node` is a 1x1 convolution as tract's declutter leaves it on a planar image: the EinSum
+/// `IHW,OI->OHW` (or with a batch axis N) of the data and a weight matrix, unquantized.
+pub(crate) fn planar_pointwise(node: &TypedNode) -> bool {
+    let Some(einsum) = node.op_as::<EinSum>() else {
+        return false;
+    };
+    let (ins, outs) = einsum.axes.to_strs();
+    einsum.q_params.is_none()
+        && node.inputs.len() == 2
+        && ins.len() == 2
+        && ["IHW", "NIHW"].contains(&ins[0].as_str())
+        && ins[1] == "OI"
+        && outs.len() == 1
+        && ["OHW", "NOHW"].contains(&outs[0].as_str())
+}
+
 /// When the one reader of `product` (not a model output) is a plain two-input Add: that node and
 /// its other input (a convolution's bias, when it is constant).
 pub(crate) fn added_after(
@@ -252,18 +268,9 @@ pub(crate) fn pointwise_for(
     model: &TypedModel,
     node: &TypedNode,
 ) -> TractResult<Option<(Pointwise, OutletId, OutletId)>> {
-    let Some(einsum) = node.op_as::<EinSum>() else {
-        return Ok(None);
-    };
-    let (ins, outs) = einsum.axes.to_strs();
-    let planar = einsum.q_params.is_none()
-        && einsum.operating_dt == f32::datum_type()
-        && node.inputs.len() == 2
-        && ins.len() == 2
-        && ["IHW", "NIHW"].contains(&ins[0].as_str())
-        && ins[1] == "OI"
-        && outs.len() == 1
-        && ["OHW", "NOHW"].contains(&outs[0].as_str());
+    let planar = node
+        .op_as::<EinSum>()
+        .is_some_and(|e| e.operating_dt == f32::datum_type() && planar_pointwise(node));
     if !planar {
         return Ok(None);
     }

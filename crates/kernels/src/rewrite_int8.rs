@@ -7,14 +7,15 @@
 //! channel's scale leaves the node to tract).
 
 use crate::ops::*;
-use crate::rewrite::{added_after, depthwise_for, kernel_and_bias, patch_through, window_for};
+use crate::rewrite::{
+    added_after, depthwise_for, kernel_and_bias, patch_through, planar_pointwise, window_for,
+};
 use std::collections::HashMap;
 use std::sync::Arc;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::ensure;
 use tract_onnx::tract_core::ops::binary::TypedBinOp;
 use tract_onnx::tract_core::ops::cnn::Conv;
-use tract_onnx::tract_core::ops::einsum::EinSum;
 use tract_onnx::tract_core::ops::element_wise::ElementWiseOp;
 use tract_onnx::tract_core::ops::math::Add;
 use tract_onnx::tract_core::ops::quant::{DequantizeLinearF32, QuantizeLinearU8};
@@ -195,18 +196,7 @@ pub(crate) fn quantized_pointwise(
     model: &TypedModel,
     node: &TypedNode,
 ) -> TractResult<Option<TypedModelPatch>> {
-    let Some(einsum) = node.op_as::<EinSum>() else {
-        return Ok(None);
-    };
-    let (ins, outs) = einsum.axes.to_strs();
-    let planar = einsum.q_params.is_none()
-        && node.inputs.len() == 2
-        && ins.len() == 2
-        && ["IHW", "NIHW"].contains(&ins[0].as_str())
-        && ins[1] == "OI"
-        && outs.len() == 1
-        && ["OHW", "NOHW"].contains(&outs[0].as_str());
-    if !planar {
+    if !planar_pointwise(node) {
         return Ok(None);
     }
     let Some(input) = dequantized(model, node.inputs[0])? else {
@@ -267,6 +257,48 @@ pub(crate) fn quantized_pointwise(
     )?))
 }
 
+/// What a convolution node [data, kernel, bias] between a dequantizer and a quantizer needs to run in
+/// integers.
+struct QuantizedConv {
+    input: Quantized,
+    kernel: Vec<f32>,
+    /// One value per output channel.
+    bias: Vec<f32>,
+    output: Quantized,
+}
+
+/// The dequantized input, constant kernel, bias (`outputs` values, or one shared) and the quantizer
+/// of convolution `node`.
+fn quantized_conv(
+    model: &TypedModel,
+    node: &TypedNode,
+    outputs: usize,
+) -> TractResult<Option<QuantizedConv>> {
+    let Some(input) = dequantized(model, node.inputs[0])? else {
+        return Ok(None);
+    };
+    let (Some(kernel), Some(bias)) = (
+        constant(model, node.inputs[1])?,
+        constant(model, node.inputs[2])?,
+    ) else {
+        return Ok(None);
+    };
+    let bias = match bias.len() {
+        1 => vec![bias[0]; outputs],
+        n if n == outputs => bias,
+        _ => return Ok(None),
+    };
+    let Some(output) = quantized_after(model, OutletId::new(node.id, 0))? else {
+        return Ok(None);
+    };
+    Ok(Some(QuantizedConv {
+        input,
+        kernel,
+        bias,
+        output,
+    }))
+}
+
 /// A planar 3x3 depthwise convolution with constant weights and bias between a dequantized input
 /// and a quantizer.
 pub(crate) fn quantized_depthwise(
@@ -276,25 +308,17 @@ pub(crate) fn quantized_depthwise(
     if !node.op_is::<Conv>() {
         return Ok(None);
     }
-    let Some(input) = dequantized(model, node.inputs[0])? else {
-        return Ok(None);
-    };
     let Some(conv) = depthwise_for(model, node)?.filter(|d| !d.channels_last) else {
         return Ok(None);
     };
     let c = conv.window.input[1];
-    let (Some(kernel), Some(bias)) = (
-        constant(model, node.inputs[1])?,
-        constant(model, node.inputs[2])?,
-    ) else {
-        return Ok(None);
-    };
-    let bias = match bias.len() {
-        1 => vec![bias[0]; c],
-        n if n == c => bias,
-        _ => return Ok(None),
-    };
-    let Some(output) = quantized_after(model, OutletId::new(node.id, 0))? else {
+    let Some(QuantizedConv {
+        input,
+        kernel,
+        bias,
+        output,
+    }) = quantized_conv(model, node, c)?
+    else {
         return Ok(None);
     };
     let Some((int8, scales)) = int8_rows(&kernel, 9) else {
@@ -334,9 +358,6 @@ pub(crate) fn quantized_conv3x3(
     if node.op_as::<Conv>().is_none_or(|conv| conv.group != 1) {
         return Ok(None);
     }
-    let Some(input) = dequantized(model, node.inputs[0])? else {
-        return Ok(None);
-    };
     let Some((window, false)) = window_for(model, node)? else {
         return Ok(None);
     };
@@ -345,18 +366,13 @@ pub(crate) fn quantized_conv3x3(
     if !kernel_and_bias(model, node, &[o, c, 3, 3], &[o, 1])? {
         return Ok(None);
     }
-    let (Some(kernel), Some(bias)) = (
-        constant(model, node.inputs[1])?,
-        constant(model, node.inputs[2])?,
-    ) else {
-        return Ok(None);
-    };
-    let bias = if bias.len() == 1 {
-        vec![bias[0]; o]
-    } else {
-        bias
-    };
-    let Some(output) = quantized_after(model, OutletId::new(node.id, 0))? else {
+    let Some(QuantizedConv {
+        input,
+        kernel,
+        bias,
+        output,
+    }) = quantized_conv(model, node, o)?
+    else {
         return Ok(None);
     };
     let Some((weights, requantize)) = gemm_weights(&kernel, o, input, output, &bias) else {
@@ -435,20 +451,15 @@ fn element_wise(model: &TypedModel, node: &TypedNode) -> TractResult<bool> {
 }
 
 /// The uint8 tensors the value at `outlet` is an element-wise function of, walking back through
-/// element-wise nodes (recorded in `nodes`) and stopping at uint8 values; `None` when the walk meets
-/// anything else.
+/// element-wise nodes and stopping at uint8 values; false when the walk meets anything else.
 fn element_wise_leaves(
     model: &TypedModel,
     outlet: OutletId,
-    nodes: &mut Vec<usize>,
     leaves: &mut Vec<OutletId>,
 ) -> TractResult<bool> {
     let node = model.node(outlet.node);
     if !element_wise(model, node)? {
         return Ok(false);
-    }
-    if !nodes.contains(&node.id) {
-        nodes.push(node.id);
     }
     for &input in &node.inputs {
         let fact = model.outlet_fact(input)?;
@@ -459,7 +470,7 @@ fn element_wise_leaves(
             if !leaves.contains(&input) {
                 leaves.push(input);
             }
-        } else if !element_wise_leaves(model, input, nodes, leaves)? {
+        } else if !element_wise_leaves(model, input, leaves)? {
             return Ok(false);
         }
     }
@@ -485,9 +496,9 @@ pub(crate) fn lookup_table(
     {
         return Ok(None);
     }
-    let mut nodes = vec![node.id];
+    // The quantizer's input is f32, so a successful walk passes at least one node before a leaf.
     let mut leaves = vec![];
-    if !element_wise_leaves(model, node.inputs[0], &mut nodes, &mut leaves)? {
+    if !element_wise_leaves(model, node.inputs[0], &mut leaves)? {
         return Ok(None);
     }
     // More than one leaf: follow those that are themselves made element-wise from others (a
@@ -497,9 +508,8 @@ pub(crate) fn lookup_table(
         let Some(leaf) = leaves.iter().copied().find(|l| !settled.contains(l)) else {
             return Ok(None);
         };
-        let (mut more_nodes, mut more_leaves) = (nodes.clone(), vec![]);
-        if element_wise_leaves(model, leaf, &mut more_nodes, &mut more_leaves)? {
-            nodes = more_nodes;
+        let mut more_leaves = vec![];
+        if element_wise_leaves(model, leaf, &mut more_leaves)? {
             leaves.retain(|&l| l != leaf);
             for l in more_leaves {
                 if !leaves.contains(&l) {
@@ -514,7 +524,7 @@ pub(crate) fn lookup_table(
         return Ok(None);
     };
     let rank = model.outlet_fact(source)?.rank();
-    if rank == 0 || nodes.len() < 2 {
+    if rank == 0 {
         return Ok(None);
     }
     // An op that cannot be evaluated on the 256 values alone leaves the node to tract: the model

@@ -53,6 +53,10 @@ impl EvalOp for Depthwise3x3 {
     }
 }
 
+/// Planes narrower than this (at stride 1) are computed in one pass each (`whole_plane`): their
+/// rows are too short for a vector loop per row.
+pub(crate) const WHOLE_PLANE_BELOW: usize = 32;
+
 impl Depthwise3x3 {
     /// The convolution of `data` into `out` (every element written), for callers holding slices.
     pub(crate) fn compute(
@@ -100,13 +104,7 @@ impl Depthwise3x3 {
         }
         Ok(())
     }
-}
 
-/// Planes narrower than this (at stride 1) are computed in one pass each (`whole_plane`): their
-/// rows are too short for a vector loop per row.
-pub(crate) const WHOLE_PLANE_BELOW: usize = 32;
-
-impl Depthwise3x3 {
     /// One small padded plane at stride 1 as a single nine-tap pass: output (y, x) is computed at
     /// y * pw + x of `flat`, the padded width apart, so each tap is one slice of `padded` (the two
     /// columns past each row's end are computed and dropped); then the rows are copied out.
@@ -323,7 +321,7 @@ pub(crate) fn weighted<const N: usize>(
 
 impl TypedOp for Depthwise3x3 {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        self.window.output_facts(inputs)
+        self.window.output_facts(inputs, f32::datum_type())
     }
 
     as_op!();

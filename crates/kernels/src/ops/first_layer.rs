@@ -86,7 +86,7 @@ impl EvalOp for FirstLayer3x3 {
 
 impl TypedOp for FirstLayer3x3 {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        self.window.output_facts(inputs)
+        self.window.output_facts(inputs, f32::datum_type())
     }
 
     as_op!();

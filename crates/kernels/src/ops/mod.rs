@@ -66,9 +66,15 @@ pub(crate) struct Window {
 }
 
 impl Window {
-    pub(crate) fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+    /// The op's output fact, of `datum_type` (its input's, which must be that type too).
+    pub(crate) fn output_facts(
+        &self,
+        inputs: &[&TypedFact],
+        datum_type: DatumType,
+    ) -> TractResult<TVec<TypedFact>> {
+        ensure!(inputs[0].datum_type == datum_type);
         ensure!(inputs[0].shape.volume() == self.input.iter().product::<usize>().to_dim());
-        Ok(tvec!(f32::fact(&self.output_shape)))
+        Ok(tvec!(datum_type.fact(&self.output_shape)))
     }
 
     /// The padded input extent the outputs read: rows and columns.

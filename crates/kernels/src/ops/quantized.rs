@@ -223,10 +223,7 @@ impl EvalOp for QuantizedDepthwise {
 
 impl TypedOp for QuantizedDepthwise {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        ensure!(inputs[0].datum_type == u8::datum_type());
-        let w = &self.conv.window;
-        ensure!(inputs[0].shape.volume() == w.input.iter().product::<usize>().to_dim());
-        Ok(tvec!(u8::fact(&w.output_shape)))
+        self.conv.window.output_facts(inputs, u8::datum_type())
     }
 
     as_op!();
@@ -291,10 +288,7 @@ impl EvalOp for QuantizedConv3x3 {
 
 impl TypedOp for QuantizedConv3x3 {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        ensure!(inputs[0].datum_type == u8::datum_type());
-        let w = &self.window;
-        ensure!(inputs[0].shape.volume() == w.input.iter().product::<usize>().to_dim());
-        Ok(tvec!(u8::fact(&w.output_shape)))
+        self.window.output_facts(inputs, u8::datum_type())
     }
 
     as_op!();
