@@ -17,5 +17,6 @@ pub mod image_io;
 pub mod models;
 pub mod mqtt;
 pub mod outbox;
+pub mod quantize;
 pub mod service;
 pub mod store;

@@ -120,14 +120,18 @@ pub enum WeightsStatus {
 pub struct Catalog {
     models_dir: PathBuf,
     manifests: BTreeMap<String, Manifest>,
+    /// Each manifest's text as written (comments included), from which variants' manifests are made.
+    texts: BTreeMap<String, String>,
 }
 
 impl Catalog {
     /// Built-in manifests, overridden or extended by `*.toml` manifests in the models directory.
     pub fn load(models_dir: &Path) -> Result<Catalog, CatalogError> {
         let mut manifests = BTreeMap::new();
+        let mut texts = BTreeMap::new();
         for (id, text) in BUILTIN {
             let m = Manifest::parse(text, &format!("builtin manifest {id}"))?;
+            texts.insert(m.id.clone(), text.to_string());
             manifests.insert(m.id.clone(), m);
         }
         if let Ok(entries) = fs::read_dir(models_dir) {
@@ -137,13 +141,15 @@ impl Catalog {
                 .collect();
             paths.sort();
             for path in paths {
-                let m = manifest_from_file(&path)?;
+                let (m, text) = manifest_and_text(&path)?;
+                texts.insert(m.id.clone(), text);
                 manifests.insert(m.id.clone(), m);
             }
         }
         Ok(Catalog {
             models_dir: models_dir.to_path_buf(),
             manifests,
+            texts,
         })
     }
 
@@ -187,6 +193,11 @@ impl Catalog {
             .into());
         }
         Ok(m)
+    }
+
+    /// The manifest of `id` as written, comments included.
+    pub fn manifest_text(&self, id: &str) -> Option<&str> {
+        self.texts.get(id).map(String::as_str)
     }
 
     pub fn weights_path(&self, m: &Manifest) -> PathBuf {
@@ -310,12 +321,16 @@ impl Catalog {
 
 /// Reads and parses a manifest file (an unreadable file is reported as a parse error naming it).
 pub fn manifest_from_file(path: &Path) -> Result<Manifest, ManifestError> {
+    manifest_and_text(path).map(|(m, _)| m)
+}
+
+fn manifest_and_text(path: &Path) -> Result<(Manifest, String), ManifestError> {
     let name = path.display().to_string();
     let text = fs::read_to_string(path).map_err(|e| ManifestError::Parse {
         source_name: name.clone(),
         message: e.to_string(),
     })?;
-    Manifest::parse(&text, &name)
+    Manifest::parse(&text, &name).map(|m| (m, text))
 }
 
 /// Environment variable that switches face-edge's own kernels off (`FACE_EDGE_KERNELS=tract`), for

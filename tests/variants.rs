@@ -8,9 +8,9 @@
 mod common;
 
 use common::golden::{agreement, embed_aligned, golden_crops};
-use common::{TempDir, catalog, face_edge, models_dir};
+use common::{catalog, face_edge};
 use face_edge::manifest::{Manifest, VariantMethod};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// The built-in variant manifests: (variant, its base's id, method).
 fn shipped_variants() -> Vec<(Manifest, String, VariantMethod)> {
@@ -37,25 +37,6 @@ fn variants_dir() -> Option<PathBuf> {
             None
         }
     }
-}
-
-/// A models directory holding the shared models and everything the tool wrote (weights and its own
-/// manifests, which take precedence over the built-in ones: an int8-qdq file's checksum depends on
-/// onnxruntime's calibration arithmetic on the machine that made it).
-fn combined_models_dir(variants: &Path) -> TempDir {
-    let dir = TempDir::new("variants");
-    for source in [models_dir(), variants.to_path_buf()] {
-        // Absolute targets: the directories may be given relative to the crate.
-        let source = std::fs::canonicalize(&source).unwrap();
-        for entry in std::fs::read_dir(&source).unwrap() {
-            let path = entry.unwrap().path();
-            let link = dir.path(&path.file_name().unwrap().to_string_lossy());
-            if !link.exists() {
-                std::os::unix::fs::symlink(&path, link).unwrap();
-            }
-        }
-    }
-    dir
 }
 
 fn golden_key(base: &str) -> String {
@@ -93,7 +74,7 @@ fn variants_keep_a_mean_golden_crop_cosine_of_0_98_to_their_base() {
     let Some(variants) = variants_dir() else {
         return;
     };
-    let dir = combined_models_dir(&variants);
+    let dir = common::models_dir_plus(&variants);
     for (m, base, _) in shipped_variants() {
         let mut crops = golden_crops(&golden_key(&base));
         if common::emulated() {
@@ -131,7 +112,7 @@ fn mobilefacenet_variants_stay_within_half_a_point_on_lfw() {
         println!("under emulation: LFW for the variants is checked natively only");
         return;
     }
-    let dir = combined_models_dir(&variants);
+    let dir = common::models_dir_plus(&variants);
     let dir_arg = dir.0.display().to_string();
     let folds = [1, 2];
     let threshold = 0.264;
@@ -194,7 +175,7 @@ fn the_int8_qdq_variant_agrees_across_architectures() {
             return;
         }
     };
-    let dir = combined_models_dir(&variants);
+    let dir = common::models_dir_plus(&variants);
     let mut crops = golden_crops("mobilefacenet");
     if common::emulated() {
         crops.truncate(8);

@@ -1,8 +1,10 @@
-//! `face-edge models list|verify|fetch`: what the catalog knows, what is on disk, and downloading.
+//! `face-edge models list|verify|fetch|quantize`: what the catalog knows, what is on disk, downloading,
+//! and making an int8 variant here.
 
 use super::EXIT_PARTIAL;
 use clap::{Args, Subcommand};
 use face_edge::models::{Catalog, MODELS_DIR_ENV, WeightsStatus, role_name};
+use face_edge::quantize::{HOLD_OUT_EVERY, QuantizeOptions, quantize};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -27,6 +29,28 @@ enum Action {
         /// Confirm the terms of a model that is not redistributable.
         #[arg(long)]
         accept_license: bool,
+    },
+    /// Make the int8 variant of an embedder (QDQ: int8 weights, uint8 activations) from aligned
+    /// crops, check it against the f32 model and write it with its manifest beside the weights.
+    Quantize {
+        id: String,
+        /// Folder of aligned crops of the model's input size to calibrate on (`face-edge embed
+        /// --save-crops DIR` makes them from photos, e.g. of the people you enrol).
+        #[arg(long)]
+        calibration: PathBuf,
+        /// Folder of crops to check the variant on. Default: every fifth calibration crop, held out
+        /// of calibration.
+        #[arg(long)]
+        check: Option<PathBuf>,
+        /// At most this many calibration crops.
+        #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..))]
+        limit: u32,
+        /// Refuse a variant whose embeddings' mean cosine to the f32 model's is lower.
+        #[arg(long, default_value_t = 0.98)]
+        min_cosine: f32,
+        /// Where to write the weights and manifest. Default: the models directory.
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
     },
 }
 
@@ -113,6 +137,55 @@ pub fn run(args: ModelsArgs) -> anyhow::Result<ExitCode> {
                 }
             })?;
             println!("{}: installed and verified at {}", m.id, path.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Action::Quantize {
+            id,
+            calibration,
+            check,
+            limit,
+            min_cosine,
+            out_dir,
+        } => {
+            if !(0.0..=1.0).contains(&min_cosine) {
+                anyhow::bail!("--min-cosine {min_cosine}: a cosine bound between 0 and 1");
+            }
+            let options = QuantizeOptions {
+                calibration,
+                check,
+                limit: limit as usize,
+                min_cosine,
+                out_dir,
+            };
+            let r = quantize(&catalog, &id, &options, &mut |message| {
+                eprintln!("face-edge models quantize {id}: {message}")
+            })?;
+            let held_out = if options.check.is_some() {
+                "--check crops".to_string()
+            } else {
+                format!("every {HOLD_OUT_EVERY}th crop, held out")
+            };
+            println!(
+                "{}: {} activations and {} weights quantized ({} Relu/Clip folded) on {} crops ({} files of other sizes skipped)",
+                r.id,
+                r.activations,
+                r.weights,
+                r.folded_activations,
+                r.calibration_crops,
+                r.skipped_files
+            );
+            println!(
+                "{}: cosine to {id} on {} crops ({held_out}): mean {:.5}, min {:.5}",
+                r.id, r.check_crops, r.mean_cosine, r.min_cosine
+            );
+            println!(
+                "{}: {} bytes (base {}), sha256 {}",
+                r.weights_path.display(),
+                r.bytes,
+                r.base_bytes,
+                r.sha256
+            );
+            println!("{}: manifest for id {}", r.manifest_path.display(), r.id);
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -213,3 +213,22 @@ pub fn vec_f32(v: &serde_json::Value) -> Vec<f32> {
         .map(|x| x.as_f64().unwrap() as f32)
         .collect()
 }
+
+/// A models directory holding the shared models and everything a quantizer wrote into `variants`
+/// (weights and its own manifests, which take precedence over the built-in ones: an int8-qdq file's
+/// checksum depends on the calibration arithmetic of the machine that made it).
+pub fn models_dir_plus(variants: &Path) -> TempDir {
+    let dir = TempDir::new("variants");
+    for source in [models_dir(), variants.to_path_buf()] {
+        // Absolute targets: the directories may be given relative to the crate.
+        let source = std::fs::canonicalize(&source).unwrap();
+        for entry in std::fs::read_dir(&source).unwrap() {
+            let path = entry.unwrap().path();
+            let link = dir.path(&path.file_name().unwrap().to_string_lossy());
+            if !link.exists() {
+                std::os::unix::fs::symlink(&path, link).unwrap();
+            }
+        }
+    }
+    dir
+}

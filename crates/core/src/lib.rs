@@ -24,6 +24,7 @@ pub mod manifest;
 pub mod motion;
 pub mod openset;
 pub mod pipeline;
+pub mod quantize;
 pub mod recognizer;
 pub mod report;
 pub mod settings;

@@ -45,18 +45,19 @@ pub struct Manifest {
     pub detector: Option<DetectorSpec>,
     #[serde(default)]
     pub embedder: Option<EmbedderSpec>,
-    /// Set when the weights were derived from another model (models/quantize.py writes it).
+    /// Set when the weights were derived from another model (`face-edge models quantize` and
+    /// models/quantize.py write it).
     #[serde(default)]
     pub variant: Option<Variant>,
 }
 
-/// How models/quantize.py made a variant.
+/// How a variant was made (`face-edge models quantize` or models/quantize.py).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum VariantMethod {
     /// int8 weights behind DequantizeLinear, f32 activations.
     Int8Weights,
-    /// onnxruntime's static quantisation, QDQ format.
+    /// Static quantisation, QDQ format (onnxruntime's, or face-edge's own recipe after it).
     Int8Qdq,
 }
 

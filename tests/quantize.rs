@@ -1,0 +1,212 @@
+//! `face-edge models quantize`: the int8 QDQ variant made by face-edge itself (no Python) keeps
+//! MobileFaceNet's accuracy, agrees with the variant onnxruntime's quantizer makes from the same
+//! crops (models/quantize.py, when `FACE_EDGE_TEST_VARIANTS_DIR` holds it), runs as the default
+//! model's architecture, and a variant that fails its check, or bad input, writes nothing.
+
+mod common;
+
+use common::golden::{agreement, embed_aligned, golden_crops};
+use common::{TempDir, data, face_edge, models_dir, run};
+use face_edge::manifest::VariantMethod;
+use face_edge::models::{manifest_from_file, sha256_hex};
+use std::path::Path;
+
+/// `face-edge models quantize ID --calibration CROPS --out-dir OUT EXTRA...` with ../shared's models;
+/// (exit code, stdout, stderr).
+fn quantize(id: &str, crops: &Path, out: &TempDir, extra: &[&str]) -> (i32, String, String) {
+    let mut cmd = face_edge();
+    cmd.env("FACE_EDGE_MODELS_DIR", models_dir())
+        .args(["models", "quantize", id, "--calibration"])
+        .arg(crops)
+        .arg("--out-dir")
+        .arg(&out.0)
+        .args(extra);
+    run(&mut cmd)
+}
+
+/// The mean cosine `quantize` printed for its held-out crops.
+fn reported_mean(stdout: &str) -> f32 {
+    let line = stdout
+        .lines()
+        .find(|l| l.contains("held out"))
+        .unwrap_or_else(|| panic!("no check line in {stdout}"));
+    let mean = line
+        .split("mean ")
+        .nth(1)
+        .unwrap()
+        .split(',')
+        .next()
+        .unwrap();
+    mean.parse().unwrap()
+}
+
+fn files_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+fn embeddings(dir: &TempDir, id: &str, crops: &[String]) -> Vec<Vec<f32>> {
+    let mut cmd = face_edge();
+    cmd.env("FACE_EDGE_MODELS_DIR", &dir.0);
+    let (code, embeddings, stderr) = embed_aligned(cmd, id, "f32", crops);
+    assert_eq!(code, 0, "{id}: {stderr}");
+    assert_eq!(embeddings.len(), crops.len());
+    embeddings
+}
+
+#[test]
+fn mobilefacenet_quantized_here_keeps_its_accuracy() {
+    let out = TempDir::new("quantize-mfn");
+    let (code, stdout, stderr) = quantize("mobilefacenet", &data("golden/crops"), &out, &[]);
+    assert_eq!(code, 0, "{stderr}");
+    println!("{stdout}");
+    assert!(stderr.contains("calibrating"), "progress: {stderr}");
+    let held_out = reported_mean(&stdout);
+    assert!(held_out >= 0.99, "{stdout}");
+    assert_eq!(
+        files_in(&out.0),
+        ["mobilefacenet-int8-qdq.toml", "mobilefacenet.int8-qdq.onnx"]
+    );
+
+    let manifest = manifest_from_file(&out.path("mobilefacenet-int8-qdq.toml")).unwrap();
+    let variant = manifest.variant.as_ref().unwrap();
+    assert_eq!(variant.base, "mobilefacenet");
+    assert_eq!(variant.method, VariantMethod::Int8Qdq);
+    assert!(
+        variant
+            .made_by
+            .starts_with("face-edge models quantize mobilefacenet --calibration")
+    );
+    let bytes = std::fs::read(out.path("mobilefacenet.int8-qdq.onnx")).unwrap();
+    assert_eq!(
+        manifest.sha256.as_deref(),
+        Some(sha256_hex(&bytes).as_str())
+    );
+    assert!(
+        bytes.len() * 3
+            < std::fs::metadata(models_dir().join("mobilefacenet.onnx"))
+                .unwrap()
+                .len() as usize
+    );
+
+    // Every golden crop (four in five were calibration crops), as tests/variants.rs checks
+    // onnxruntime's variant.
+    let dir = common::models_dir_plus(&out.0);
+    let crops = golden_crops("mobilefacenet");
+    let base = embeddings(&dir, "mobilefacenet", &crops);
+    let ours = embeddings(&dir, "mobilefacenet-int8-qdq", &crops);
+    let (cosines, mean, min) = agreement(&base, &ours);
+    println!(
+        "face-edge's int8-qdq: cosine to f32 on {} golden crops: mean {mean:.5}, min {min:.5}",
+        crops.len()
+    );
+    assert!(mean >= 0.99, "{cosines:?}");
+
+    match std::env::var_os("FACE_EDGE_TEST_VARIANTS_DIR") {
+        Some(reference) => {
+            let reference_dir = common::models_dir_plus(Path::new(&reference));
+            let theirs = embeddings(&reference_dir, "mobilefacenet-int8-qdq", &crops);
+            let (cosines, mean, min) = agreement(&theirs, &ours);
+            println!("face-edge's vs onnxruntime's int8-qdq variant: mean {mean:.5}, min {min:.5}");
+            assert!(mean >= 0.99, "{cosines:?}");
+        }
+        None => {
+            println!("FACE_EDGE_TEST_VARIANTS_DIR not set: not compared with onnxruntime's variant")
+        }
+    }
+
+    // LFW folds 1-2: within 0.3 points of f32 (the bound for int8).
+    let dir_arg = dir.0.display().to_string();
+    let accuracy = |id: &str| {
+        let o = common::lfw::evaluate(&["--model", id, "--models-dir", &dir_arg], &[1, 2], 0.264);
+        assert!(o.embedded * 100 >= o.images * 99, "{id}: {}", o.stderr);
+        println!(
+            "{id}: LFW folds 1-2 {:.2} %, AUC {:.5}",
+            o.accuracy * 100.0,
+            o.auc
+        );
+        o.accuracy
+    };
+    let delta = (accuracy("mobilefacenet-int8-qdq") - accuracy("mobilefacenet")) * 100.0;
+    assert!(delta.abs() <= 0.3, "{delta:+.2} points");
+}
+
+/// The default model's architecture (EfficientNetV2-B0 with SiLU and squeeze-excitation), as the
+/// random-weight stand-in: quantized, loaded and run. Random weights give no accuracy to hold, so the
+/// bound is low; the cosine is reported.
+#[test]
+fn the_default_models_architecture_quantizes_and_runs() {
+    let out = TempDir::new("quantize-standin");
+    let (code, stdout, stderr) = quantize(
+        "japanese-face-v1-standin",
+        &data("golden/crops"),
+        &out,
+        &["--min-cosine", "0.5"],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    println!("{stdout}");
+    assert!(
+        stdout.contains("24 files of other sizes skipped"),
+        "{stdout}"
+    );
+    let dir = common::models_dir_plus(&out.0);
+    let crops = &golden_crops("japanese_face_v1_standin")[..2];
+    let base = embeddings(&dir, "japanese-face-v1-standin", crops);
+    let ours = embeddings(&dir, "japanese-face-v1-standin-int8-qdq", crops);
+    let (_, mean, _) = agreement(&base, &ours);
+    println!("stand-in int8-qdq: cosine to f32 on 2 golden crops: {mean:.5}");
+    assert!(mean >= 0.5);
+}
+
+#[test]
+fn a_variant_under_the_bound_or_bad_input_writes_nothing() {
+    let out = TempDir::new("quantize-refused");
+    let golden = data("golden/crops");
+    // Each attempt fails with a message containing `expected`.
+    let refused = |id: &str, crops: &Path, extra: &[&str], expected: &str| {
+        let (code, _, stderr) = quantize(id, crops, &out, extra);
+        assert_ne!(code, 0, "{id} {extra:?}");
+        assert!(stderr.contains(expected), "{stderr}");
+    };
+    refused(
+        "mobilefacenet",
+        &golden,
+        &["--min-cosine", "0.99999"],
+        "under --min-cosine 0.99999: it would not recognise the same people; nothing written",
+    );
+    refused(
+        "mobilefacenet-int8-weights",
+        &golden,
+        &[],
+        "already a variant (of mobilefacenet)",
+    );
+
+    // Only crops of another size: named, with the count.
+    let wrong_size = TempDir::new("quantize-224");
+    let crop = golden_crops("japanese_face_v1_standin").remove(0);
+    std::fs::copy(&crop, wrong_size.path("a.png")).unwrap();
+    refused(
+        "mobilefacenet",
+        &wrong_size.0,
+        &[],
+        &format!(
+            "{}: no 112x112 crops to calibrate on (1 files of other sizes",
+            wrong_size.0.display()
+        ),
+    );
+    // A corrupt image among the crops names the file.
+    std::fs::write(wrong_size.path("b.png"), b"not a png").unwrap();
+    refused("mobilefacenet", &wrong_size.0, &[], "b.png");
+    refused(
+        "mobilefacenet",
+        Path::new("/nonexistent"),
+        &[],
+        "/nonexistent: not a folder of aligned crops",
+    );
+
+    assert!(files_in(&out.0).is_empty(), "{:?}", files_in(&out.0));
+}
