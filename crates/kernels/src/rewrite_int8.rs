@@ -322,23 +322,19 @@ pub(crate) fn quantized_depthwise(
         return Ok(None);
     };
     let Some((int8, scales)) = int8_rows(&kernel, 9) else {
-        if std::env::var_os("DEBUG_INT8").is_some() {
-            for row in kernel.chunks(9) {
-                let m = row.iter().fold(0f32, |m, v| m.max(v.abs()));
-                eprintln!(
-                    "{} {:?}",
-                    node.name,
-                    row.iter().map(|v| v / (m / 127.0)).collect::<Vec<_>>()
-                );
-            }
-        }
         return Ok(None);
     };
+    // The sums run over the stored uint8 values: the zero point's share, zero point x the
+    // channel's weight sum, is taken off in the requantization.
+    let zero_share = int8
+        .chunks_exact(9)
+        .map(|taps| -(input.zero as i32) * taps.iter().map(|&w| w as i32).sum::<i32>())
+        .collect();
     let op = QuantizedDepthwise {
-        conv,
+        window: conv.window,
         input_zero: input.zero,
-        kernel: Arc::new(int8.iter().map(|&w| w as f32).collect()),
-        requantize: requantize(input, output, &scales, &bias, vec![0; c]),
+        kernel: Arc::new(int8.iter().map(|&w| w as i16).collect()),
+        requantize: requantize(input, output, &scales, &bias, zero_share),
     };
     Ok(Some(patch_through(
         model,

@@ -136,6 +136,21 @@ pub(crate) fn gemm_u8(
         );
         for tile in 0..weights.outputs.div_ceil(TILE_OUTPUTS) {
             let w = &weights.data[tile * groups * TILE_OUTPUTS * GROUP..][..groups * 16];
+            #[cfg(target_arch = "aarch64")]
+            if weights.kind == GemmKind::Sdot
+                && width == TILE_PIXELS
+                && (tile + 1) * TILE_OUTPUTS <= weights.outputs
+            {
+                // A whole tile: requantized in registers, straight into its four output rows.
+                let first = tile * TILE_OUTPUTS;
+                let rows = &mut out[first * pixels + start..][..3 * pixels + TILE_PIXELS];
+                // SAFETY: Sdot is only chosen when the CPU reports the dot-product extension; the
+                // slices' lengths are asserted inside.
+                unsafe {
+                    sdot_tile_requantized(&packed, w, groups, requantize, first, rows, pixels)
+                };
+                continue;
+            }
             tile_sums(weights, &packed, w, groups, &mut sums);
             for (lane, row) in sums.iter().enumerate() {
                 let o = tile * TILE_OUTPUTS + lane;
@@ -322,6 +337,37 @@ fn portable_tile(packed: &[u8], weights: &[i8], sums: &mut [[i32; TILE_PIXELS]; 
     }
 }
 
+/// The assembly of `sdot_tile`'s loop: {n} channel groups, each 64 image bytes from {x} and 16
+/// weights from {w}, 16 SDOT into v0..v15 (v(4 x lane + q): pixels 4q..4q+3 of output `lane`).
+#[cfg(target_arch = "aarch64")]
+macro_rules! sdot_groups {
+    () => {
+        concat!(
+            "2:\n",
+            "ld1 {{v16.16b, v17.16b, v18.16b, v19.16b}}, [{x}], #64\n",
+            "ld1 {{v20.16b}}, [{w}], #16\n",
+            "sdot v0.4s, v16.16b, v20.4b[0]\n",
+            "sdot v1.4s, v17.16b, v20.4b[0]\n",
+            "sdot v2.4s, v18.16b, v20.4b[0]\n",
+            "sdot v3.4s, v19.16b, v20.4b[0]\n",
+            "sdot v4.4s, v16.16b, v20.4b[1]\n",
+            "sdot v5.4s, v17.16b, v20.4b[1]\n",
+            "sdot v6.4s, v18.16b, v20.4b[1]\n",
+            "sdot v7.4s, v19.16b, v20.4b[1]\n",
+            "sdot v8.4s, v16.16b, v20.4b[2]\n",
+            "sdot v9.4s, v17.16b, v20.4b[2]\n",
+            "sdot v10.4s, v18.16b, v20.4b[2]\n",
+            "sdot v11.4s, v19.16b, v20.4b[2]\n",
+            "sdot v12.4s, v16.16b, v20.4b[3]\n",
+            "sdot v13.4s, v17.16b, v20.4b[3]\n",
+            "sdot v14.4s, v18.16b, v20.4b[3]\n",
+            "sdot v15.4s, v19.16b, v20.4b[3]\n",
+            "subs {n}, {n}, #1\n",
+            "b.ne 2b",
+        )
+    };
+}
+
 /// 16 SDOT per channel group: accumulator v(4 * lane + q) holds pixels 4q..4q+3 of output `lane`.
 #[cfg(target_arch = "aarch64")]
 #[target_feature(enable = "dotprod")]
@@ -340,27 +386,7 @@ unsafe fn sdot_tile(
             "movi v4.4s, #0", "movi v5.4s, #0", "movi v6.4s, #0", "movi v7.4s, #0",
             "movi v8.4s, #0", "movi v9.4s, #0", "movi v10.4s, #0", "movi v11.4s, #0",
             "movi v12.4s, #0", "movi v13.4s, #0", "movi v14.4s, #0", "movi v15.4s, #0",
-            "2:",
-            "ld1 {{v16.16b, v17.16b, v18.16b, v19.16b}}, [{x}], #64",
-            "ld1 {{v20.16b}}, [{w}], #16",
-            "sdot v0.4s, v16.16b, v20.4b[0]",
-            "sdot v1.4s, v17.16b, v20.4b[0]",
-            "sdot v2.4s, v18.16b, v20.4b[0]",
-            "sdot v3.4s, v19.16b, v20.4b[0]",
-            "sdot v4.4s, v16.16b, v20.4b[1]",
-            "sdot v5.4s, v17.16b, v20.4b[1]",
-            "sdot v6.4s, v18.16b, v20.4b[1]",
-            "sdot v7.4s, v19.16b, v20.4b[1]",
-            "sdot v8.4s, v16.16b, v20.4b[2]",
-            "sdot v9.4s, v17.16b, v20.4b[2]",
-            "sdot v10.4s, v18.16b, v20.4b[2]",
-            "sdot v11.4s, v19.16b, v20.4b[2]",
-            "sdot v12.4s, v16.16b, v20.4b[3]",
-            "sdot v13.4s, v17.16b, v20.4b[3]",
-            "sdot v14.4s, v18.16b, v20.4b[3]",
-            "sdot v15.4s, v19.16b, v20.4b[3]",
-            "subs {n}, {n}, #1",
-            "b.ne 2b",
+            sdot_groups!(),
             "st1 {{v0.4s, v1.4s, v2.4s, v3.4s}}, [{out}], #64",
             "st1 {{v4.4s, v5.4s, v6.4s, v7.4s}}, [{out}], #64",
             "st1 {{v8.4s, v9.4s, v10.4s, v11.4s}}, [{out}], #64",
@@ -374,6 +400,185 @@ unsafe fn sdot_tile(
             out("v8") _, out("v9") _, out("v10") _, out("v11") _,
             out("v12") _, out("v13") _, out("v14") _, out("v15") _,
             out("v16") _, out("v17") _, out("v18") _, out("v19") _, out("v20") _,
+            options(nostack),
+        );
+    }
+}
+
+/// The assembly that requantizes output `r`'s 16 sums, in v`a`..v`d`, with the scales in v21, the
+/// shifts in v22 and the zero point in v23 (8 x i16), and stores the 16 bytes at {out}.
+#[cfg(target_arch = "aarch64")]
+macro_rules! requantize_sdot_row {
+    ($a:literal, $b:literal, $c:literal, $d:literal, $r:literal) => {
+        concat!(
+            "dup v24.4s, v22.s[",
+            $r,
+            "]\n",
+            "scvtf v",
+            $a,
+            ".4s, v",
+            $a,
+            ".4s\n",
+            "scvtf v",
+            $b,
+            ".4s, v",
+            $b,
+            ".4s\n",
+            "scvtf v",
+            $c,
+            ".4s, v",
+            $c,
+            ".4s\n",
+            "scvtf v",
+            $d,
+            ".4s, v",
+            $d,
+            ".4s\n",
+            "fmul v",
+            $a,
+            ".4s, v",
+            $a,
+            ".4s, v21.s[",
+            $r,
+            "]\n",
+            "fmul v",
+            $b,
+            ".4s, v",
+            $b,
+            ".4s, v21.s[",
+            $r,
+            "]\n",
+            "fmul v",
+            $c,
+            ".4s, v",
+            $c,
+            ".4s, v21.s[",
+            $r,
+            "]\n",
+            "fmul v",
+            $d,
+            ".4s, v",
+            $d,
+            ".4s, v21.s[",
+            $r,
+            "]\n",
+            "fadd v",
+            $a,
+            ".4s, v",
+            $a,
+            ".4s, v24.4s\n",
+            "fadd v",
+            $b,
+            ".4s, v",
+            $b,
+            ".4s, v24.4s\n",
+            "fadd v",
+            $c,
+            ".4s, v",
+            $c,
+            ".4s, v24.4s\n",
+            "fadd v",
+            $d,
+            ".4s, v",
+            $d,
+            ".4s, v24.4s\n",
+            "fcvtns v",
+            $a,
+            ".4s, v",
+            $a,
+            ".4s\n",
+            "fcvtns v",
+            $b,
+            ".4s, v",
+            $b,
+            ".4s\n",
+            "fcvtns v",
+            $c,
+            ".4s, v",
+            $c,
+            ".4s\n",
+            "fcvtns v",
+            $d,
+            ".4s, v",
+            $d,
+            ".4s\n",
+            "sqxtn v25.4h, v",
+            $a,
+            ".4s\n",
+            "sqxtn2 v25.8h, v",
+            $b,
+            ".4s\n",
+            "sqxtn v26.4h, v",
+            $c,
+            ".4s\n",
+            "sqxtn2 v26.8h, v",
+            $d,
+            ".4s\n",
+            "sqadd v25.8h, v25.8h, v23.8h\n",
+            "sqadd v26.8h, v26.8h, v23.8h\n",
+            "sqxtun v25.8b, v25.8h\n",
+            "sqxtun2 v25.16b, v26.8h\n",
+            "st1 {{v25.16b}}, [{out}]",
+        )
+    };
+}
+
+/// `sdot_tile` for a whole tile (the 4 outputs from `first`, 16 pixels), requantized in registers
+/// as `Requantize::row` does it: the sums start from the offset; a multiply then an add, rounded to
+/// nearest even; the zero point added with saturation (after narrowing to 16 bits, which saturates
+/// no differently); stored as 16 bytes into each of the four rows of `rows`, `stride` bytes apart.
+#[cfg(target_arch = "aarch64")]
+#[target_feature(enable = "dotprod")]
+unsafe fn sdot_tile_requantized(
+    packed: &[u8],
+    weights: &[i8],
+    groups: usize,
+    requantize: &Requantize,
+    first: usize,
+    rows: &mut [u8],
+    stride: usize,
+) {
+    assert!(groups > 0 && packed.len() >= groups * 64 && weights.len() >= groups * 16);
+    assert!(rows.len() >= 3 * stride + TILE_PIXELS);
+    let offsets = &requantize.offset[first..first + TILE_OUTPUTS];
+    let scales = &requantize.scale[first..first + TILE_OUTPUTS];
+    let shifts = &requantize.shift[first..first + TILE_OUTPUTS];
+    // SAFETY: the caller guarantees the dot-product extension; the loads stay within the lengths
+    // asserted above (and 4 offsets, scales and shifts, checked by the slicing), and the four
+    // 16-byte stores, `stride` apart, within `rows` (asserted).
+    unsafe {
+        std::arch::asm!(
+            "ld1 {{v21.4s}}, [{offsets}]",
+            "dup v0.4s, v21.s[0]", "dup v1.4s, v21.s[0]", "dup v2.4s, v21.s[0]", "dup v3.4s, v21.s[0]",
+            "dup v4.4s, v21.s[1]", "dup v5.4s, v21.s[1]", "dup v6.4s, v21.s[1]", "dup v7.4s, v21.s[1]",
+            "dup v8.4s, v21.s[2]", "dup v9.4s, v21.s[2]", "dup v10.4s, v21.s[2]", "dup v11.4s, v21.s[2]",
+            "dup v12.4s, v21.s[3]", "dup v13.4s, v21.s[3]", "dup v14.4s, v21.s[3]", "dup v15.4s, v21.s[3]",
+            sdot_groups!(),
+            "ld1 {{v21.4s}}, [{scales}]",
+            "ld1 {{v22.4s}}, [{shifts}]",
+            "dup v23.8h, {zero:w}",
+            requantize_sdot_row!("0", "1", "2", "3", "0"),
+            "add {out}, {out}, {stride}",
+            requantize_sdot_row!("4", "5", "6", "7", "1"),
+            "add {out}, {out}, {stride}",
+            requantize_sdot_row!("8", "9", "10", "11", "2"),
+            "add {out}, {out}, {stride}",
+            requantize_sdot_row!("12", "13", "14", "15", "3"),
+            offsets = in(reg) offsets.as_ptr(),
+            scales = in(reg) scales.as_ptr(),
+            shifts = in(reg) shifts.as_ptr(),
+            zero = in(reg) u32::from(requantize.zero),
+            stride = in(reg) stride,
+            x = inout(reg) packed.as_ptr() => _,
+            w = inout(reg) weights.as_ptr() => _,
+            n = inout(reg) groups => _,
+            out = inout(reg) rows.as_mut_ptr() => _,
+            out("v0") _, out("v1") _, out("v2") _, out("v3") _,
+            out("v4") _, out("v5") _, out("v6") _, out("v7") _,
+            out("v8") _, out("v9") _, out("v10") _, out("v11") _,
+            out("v12") _, out("v13") _, out("v14") _, out("v15") _,
+            out("v16") _, out("v17") _, out("v18") _, out("v19") _, out("v20") _,
+            out("v21") _, out("v22") _, out("v23") _, out("v24") _, out("v25") _, out("v26") _,
             options(nostack),
         );
     }

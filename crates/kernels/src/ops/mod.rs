@@ -98,50 +98,64 @@ impl Window {
         self.padded_size().0 * self.padded_row()
     }
 
-    /// Copies one planar channel into `padded` with its zero border (and, for stride 2, its columns
+    /// Copies one planar channel into the image area of `padded` (and, for stride 2, its columns
     /// split into even and odd halves), so that every output row is the same nine-tap sum over
-    /// contiguous slices (`taps`): no edge cases in the loops that compute.
-    pub(crate) fn pad(&self, src: &[f32], padded: &mut [f32]) {
-        let [_, _, h, w] = self.input;
+    /// contiguous slices (`taps`): no edge cases in the loops that compute. The border is never
+    /// written: the caller makes the buffer filled with the padding value (0, or a uint8 input's
+    /// zero point) and reuses it for every plane of this window.
+    pub(crate) fn pad<T: Copy>(&self, src: &[T], padded: &mut [T]) {
+        let w = self.input[3];
         let (ph, pw) = self.padded_size();
         let p = self.pad_left;
         // Source columns past the padded width are never read.
         let columns = w.min(pw - p);
-        for (y, out) in padded
-            .chunks_exact_mut(self.padded_row())
-            .take(ph)
-            .enumerate()
-        {
-            out.fill(0.0);
-            let Some(sy) = y.checked_sub(self.pad_top).filter(|&sy| sy < h) else {
-                continue;
-            };
-            let line = &src[sy * w..][..columns];
-            if self.stride == 1 {
-                out[p..p + columns].copy_from_slice(line);
-                continue;
-            }
+        if self.stride == 1 {
+            return self.pad_rows(src, padded);
+        }
+        let rows = padded.chunks_exact_mut(self.padded_row()).take(ph);
+        for (out, line) in rows.skip(self.pad_top).zip(src.chunks_exact(w)) {
+            let line = &line[..columns];
             // Source column x lands on padded column x + p: the even ones in the first half (at
             // (x + p) / 2), the odd ones in the second.
             let (even, odd) = out.split_at_mut(pw.div_ceil(2));
             let parity = p % 2;
-            for (slot, &v) in even[(p + parity) / 2..]
-                .iter_mut()
-                .zip(line[parity..].iter().step_by(2))
-            {
-                *slot = v;
+            if parity == 1 {
+                odd[p / 2] = line[0];
             }
-            for (slot, &v) in odd[p / 2..]
+            // From there on, source columns come in (even, odd) pairs that share an index: one
+            // loop over pairs, which compilers turn into de-interleaving loads.
+            let rest = &line[parity..];
+            let at = (p + parity) / 2;
+            let pairs = rest.len() / 2;
+            for ((e, o), pair) in even[at..at + pairs]
                 .iter_mut()
-                .zip(line[1 - parity..].iter().step_by(2))
+                .zip(&mut odd[at..at + pairs])
+                .zip(rest.chunks_exact(2))
             {
-                *slot = v;
+                *e = pair[0];
+                *o = pair[1];
+            }
+            if let [.., last] = rest[2 * pairs..] {
+                even[at + pairs] = last;
             }
         }
     }
 
+    /// Copies one planar channel into the image area of `padded`, in rows of the padded width at
+    /// any stride (`pad`'s layout at stride 1); the border, as for `pad`, is the caller's.
+    pub(crate) fn pad_rows<T: Copy>(&self, src: &[T], padded: &mut [T]) {
+        let w = self.input[3];
+        let (ph, pw) = self.padded_size();
+        let p = self.pad_left;
+        let columns = w.min(pw - p);
+        let rows = padded.chunks_exact_mut(pw).take(ph);
+        for (out, line) in rows.skip(self.pad_top).zip(src.chunks_exact(w)) {
+            out[p..p + columns].copy_from_slice(&line[..columns]);
+        }
+    }
+
     /// The nine slices of a padded plane whose element x is tap (ky, kx) of output (oy, x).
-    pub(crate) fn taps<'a>(&self, padded: &'a [f32], oy: usize) -> [&'a [f32]; 9] {
+    pub(crate) fn taps<'a, T>(&self, padded: &'a [T], oy: usize) -> [&'a [T]; 9] {
         let row = self.padded_row();
         let half = self.padded_size().1.div_ceil(2);
         let line = |ky: usize| &padded[(oy * self.stride + ky) * row..][..row];

@@ -6,7 +6,7 @@
 //! The requantization reproduces tract's `QuantizeLinearU8`: round half to even, add the zero point,
 //! saturate to 0..=255 (which is also how a ReLU or ReLU6 before the quantizer is expressed).
 
-use super::{Depthwise3x3, Window};
+use super::Window;
 use super::{PackedWeights, gemm_u8};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
@@ -42,27 +42,6 @@ impl Requantize {
         };
         for (y, &s) in out.iter_mut().zip(sums) {
             *y = to_u8((s + offset) as f32 * scale + shift, self.zero);
-        }
-    }
-
-    /// One channel's f32 sums (exact integers) to uint8.
-    fn channel(&self, o: usize, sums: &[f32], out: &mut [u8]) {
-        let (scale, shift, offset) = (self.scale[o], self.shift[o], self.offset[o] as f32);
-        #[cfg(target_arch = "aarch64")]
-        let (sums, out) = {
-            let whole = out.len().min(sums.len()) / 4 * 4;
-            neon::requantize_f32(
-                &sums[..whole],
-                offset,
-                scale,
-                shift,
-                self.zero,
-                &mut out[..whole],
-            );
-            (&sums[whole..], &mut out[whole..])
-        };
-        for (y, &s) in out.iter_mut().zip(sums) {
-            *y = to_u8((s + offset) * scale + shift, self.zero);
         }
     }
 }
@@ -159,16 +138,16 @@ impl TypedOp for QuantizedPointwise {
     as_op!();
 }
 
-/// 3x3 depthwise convolution on planar uint8 with int8 weights, to uint8. The sums are computed by
-/// the f32 depthwise kernel on the integers themselves (input minus zero point, weights as int8
-/// values): every product and sum stays below 2^24 (9 x 255 x 128), so f32 holds them exactly and
-/// the result is the integer convolution, at the f32 kernel's speed.
+/// 3x3 depthwise convolution on planar uint8 with int8 weights, to uint8, in integers: each plane is
+/// copied into a border of the input's zero point (the real value 0), every output is the i32 sum of
+/// nine uint8 x int8 products, and `requantize` subtracts the zero point's share (zero point x the
+/// channel's weight sum, in its offset) before scaling.
 #[derive(Debug, Clone)]
 pub(crate) struct QuantizedDepthwise {
-    pub(crate) conv: Depthwise3x3,
+    pub(crate) window: Window,
     pub(crate) input_zero: u8,
-    /// Int8 weight values as f32, [C, 9]; and zeros for the bias, which `requantize` adds.
-    pub(crate) kernel: Arc<Vec<f32>>,
+    /// Int8 weight values, widened once, [C, 9].
+    pub(crate) kernel: Arc<Vec<i16>>,
     pub(crate) requantize: Arc<Requantize>,
 }
 
@@ -180,9 +159,9 @@ impl Op for QuantizedDepthwise {
     }
 
     fn info(&self) -> TractResult<Vec<String>> {
-        let w = &self.conv.window;
+        let w = &self.window;
         Ok(vec![format!(
-            "{:?} -> {:?}, stride {}, u8 x i8 (exact in f32)",
+            "{:?} -> {:?}, stride {}, u8 x i8 -> i32",
             w.input, w.output, w.stride
         )])
     }
@@ -198,32 +177,107 @@ impl EvalOp for QuantizedDepthwise {
     op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        let window = &self.conv.window;
+        let window = &self.window;
         let data = u8_values(&inputs, window.input.iter().product())?;
-        let zero = self.input_zero as f32;
-        let centred: Vec<f32> = data.iter().map(|&x| x as f32 - zero).collect();
-        let [_, c, _, _] = window.input;
+        let [_, c, h, w] = window.input;
         let [_, _, oh, ow] = window.output;
-        let mut sums = vec![0f32; window.output.iter().product()];
-        self.conv
-            .compute(&centred, &self.kernel, &[0.0], &mut sums)?;
-        // SAFETY: u8 has no invalid bit patterns, and every plane is requantized into below.
+        let (ph, pw) = window.padded_size();
+        // The plane is copied into rows of the padded width inside a border of the zero point.
+        // Stride 1: the plane in one pass, output (y, x) computed at y * pw + x, so each tap is one
+        // slice of the padded plane (the two columns past each row are computed and dropped).
+        // Stride 2: row by row, each block of outputs reading its three padded rows' even and odd
+        // columns. Either way in whole blocks of DEPTHWISE_BLOCK outputs, into `computed`; the
+        // padded plane has slack so that the last block reads inside it.
+        let computed_len = if window.stride == 1 {
+            (oh - 1) * pw + ow
+        } else {
+            ow
+        };
+        let mut computed = vec![0u8; computed_len.next_multiple_of(DEPTHWISE_BLOCK)];
+        let mut padded = vec![self.input_zero; ph * pw + 3 * DEPTHWISE_BLOCK];
+        // SAFETY: u8 has no invalid bit patterns, and every output row is copied into below.
         let mut out = unsafe { Tensor::uninitialized::<u8>(&window.output_shape)? };
-        let values = u8_values_mut(&mut out)?;
-        for (i, (dst, src)) in values
-            .chunks_exact_mut(oh * ow)
-            .zip(sums.chunks_exact(oh * ow))
-            .enumerate()
-        {
-            self.requantize.channel(i % c, src, dst);
+        let planes = data
+            .chunks_exact(h * w)
+            .zip(u8_values_mut(&mut out)?.chunks_exact_mut(oh * ow));
+        for (i, (src, dst)) in planes.enumerate() {
+            let ch = i % c;
+            let k: &[i16; 9] = self.kernel[ch * 9..][..9].try_into()?;
+            window.pad_rows(src, &mut padded);
+            if window.stride == 1 {
+                let sources = std::array::from_fn(|t| &padded[(t / 3) * pw + t % 3..]);
+                depthwise_blocks(&mut computed, sources, k, &self.requantize, ch);
+                for (row, plane_row) in dst.chunks_exact_mut(ow).zip(computed.chunks(pw)) {
+                    row.copy_from_slice(&plane_row[..ow]);
+                }
+                continue;
+            }
+            for (oy, row) in dst.chunks_exact_mut(ow).enumerate() {
+                let rows = std::array::from_fn(|ky| &padded[(2 * oy + ky) * pw..]);
+                depthwise_blocks_stride2(&mut computed, rows, k, &self.requantize, ch);
+                row.copy_from_slice(&computed[..ow]);
+            }
         }
         Ok(tvec!(out.into_tvalue()))
     }
 }
 
+/// Outputs the depthwise kernel computes at a time.
+const DEPTHWISE_BLOCK: usize = 8;
+
+/// out[i] = requantized sum of k[t] * sources[t][i]; `out` a whole number of blocks, every source
+/// at least as long.
+fn depthwise_blocks(
+    out: &mut [u8],
+    sources: [&[u8]; 9],
+    k: &[i16; 9],
+    requantize: &Requantize,
+    ch: usize,
+) {
+    assert!(out.len().is_multiple_of(DEPTHWISE_BLOCK));
+    let sources = sources.map(|s| &s[..out.len()]);
+    #[cfg(target_arch = "aarch64")]
+    neon::depthwise_blocks(out, sources, k, requantize, ch);
+    #[cfg(not(target_arch = "aarch64"))]
+    for (b, block) in out.chunks_exact_mut(DEPTHWISE_BLOCK).enumerate() {
+        let start = b * DEPTHWISE_BLOCK;
+        let sums: [i32; DEPTHWISE_BLOCK] = std::array::from_fn(|i| {
+            (0..9)
+                .map(|t| i32::from(k[t]) * i32::from(sources[t][start + i]))
+                .sum()
+        });
+        requantize.row(ch, &sums, block);
+    }
+}
+
+/// The same at stride 2: out[x] = requantized sum over ky, kx of k[3ky + kx] * rows[ky][2x + kx];
+/// every row at least 2 x out.len() + 2 long.
+fn depthwise_blocks_stride2(
+    out: &mut [u8],
+    rows: [&[u8]; 3],
+    k: &[i16; 9],
+    requantize: &Requantize,
+    ch: usize,
+) {
+    assert!(out.len().is_multiple_of(DEPTHWISE_BLOCK));
+    let rows = rows.map(|r| &r[..2 * out.len() + 2]);
+    #[cfg(target_arch = "aarch64")]
+    neon::depthwise_blocks_stride2(out, rows, k, requantize, ch);
+    #[cfg(not(target_arch = "aarch64"))]
+    for (b, block) in out.chunks_exact_mut(DEPTHWISE_BLOCK).enumerate() {
+        let start = b * DEPTHWISE_BLOCK;
+        let sums: [i32; DEPTHWISE_BLOCK] = std::array::from_fn(|i| {
+            (0..9)
+                .map(|t| i32::from(k[t]) * i32::from(rows[t / 3][2 * (start + i) + t % 3]))
+                .sum()
+        });
+        requantize.row(ch, &sums, block);
+    }
+}
+
 impl TypedOp for QuantizedDepthwise {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        self.conv.window.output_facts(inputs, u8::datum_type())
+        self.window.output_facts(inputs, u8::datum_type())
     }
 
     as_op!();
@@ -428,27 +482,193 @@ mod neon {
         }
     }
 
-    /// The same for sums held exactly in f32.
-    pub(super) fn requantize_f32(
-        sums: &[f32],
-        offset: f32,
+    /// The depthwise sums of `out.len()` outputs (a multiple of 8; every source as long), requantized:
+    /// per block of 8, each tap is a load of 8 bytes, a widening to 16 bits and two multiply-adds
+    /// into 32-bit sums (a product fits 16 bits: 255 x 127); then the requantization, 8 at a time.
+    pub(super) fn depthwise_blocks(
+        out: &mut [u8],
+        sources: [&[u8]; 9],
+        k: &[i16; 9],
+        requantize: &super::Requantize,
+        ch: usize,
+    ) {
+        let len = out.len();
+        assert!(len.is_multiple_of(8) && sources.iter().all(|s| s.len() >= len));
+        let (offset, scale, shift, zero) = channel(requantize, ch);
+        let p = sources.map(|s| s.as_ptr());
+        let (taps, last_tap) = tap_vectors(k);
+        for block in (0..len).step_by(8) {
+            // SAFETY: NEON is part of every aarch64 CPU; each source has `len` bytes (asserted), so
+            // the 8 read at `block` are inside it, and 8 bytes are written inside `out`. The
+            // assembly only reads those bytes and writes its register operands.
+            unsafe {
+                let mut low = vdupq_n_s32(offset);
+                let mut high = low;
+                // Written out because the compiler turns the intrinsics' widening multiply-add
+                // (SMLAL by element) into a widening to 32 bits and a 32-bit multiply-add: two
+                // instructions more per tap.
+                std::arch::asm!(
+                    "ldr {x0:d}, [{p0}, {b}]",
+                    "ldr {x1:d}, [{p1}, {b}]",
+                    "ushll {x0:v}.8h, {x0:v}.8b, #0",
+                    "ushll {x1:v}.8h, {x1:v}.8b, #0",
+                    "smlal {lo:v}.4s, {x0:v}.4h, {k:v}.h[0]",
+                    "smlal2 {hi:v}.4s, {x0:v}.8h, {k:v}.h[0]",
+                    "ldr {x0:d}, [{p2}, {b}]",
+                    "smlal {lo:v}.4s, {x1:v}.4h, {k:v}.h[1]",
+                    "smlal2 {hi:v}.4s, {x1:v}.8h, {k:v}.h[1]",
+                    "ldr {x1:d}, [{p3}, {b}]",
+                    "ushll {x0:v}.8h, {x0:v}.8b, #0",
+                    "ushll {x1:v}.8h, {x1:v}.8b, #0",
+                    "smlal {lo:v}.4s, {x0:v}.4h, {k:v}.h[2]",
+                    "smlal2 {hi:v}.4s, {x0:v}.8h, {k:v}.h[2]",
+                    "ldr {x0:d}, [{p4}, {b}]",
+                    "smlal {lo:v}.4s, {x1:v}.4h, {k:v}.h[3]",
+                    "smlal2 {hi:v}.4s, {x1:v}.8h, {k:v}.h[3]",
+                    "ldr {x1:d}, [{p5}, {b}]",
+                    "ushll {x0:v}.8h, {x0:v}.8b, #0",
+                    "ushll {x1:v}.8h, {x1:v}.8b, #0",
+                    "smlal {lo:v}.4s, {x0:v}.4h, {k:v}.h[4]",
+                    "smlal2 {hi:v}.4s, {x0:v}.8h, {k:v}.h[4]",
+                    "ldr {x0:d}, [{p6}, {b}]",
+                    "smlal {lo:v}.4s, {x1:v}.4h, {k:v}.h[5]",
+                    "smlal2 {hi:v}.4s, {x1:v}.8h, {k:v}.h[5]",
+                    "ldr {x1:d}, [{p7}, {b}]",
+                    "ushll {x0:v}.8h, {x0:v}.8b, #0",
+                    "ushll {x1:v}.8h, {x1:v}.8b, #0",
+                    "smlal {lo:v}.4s, {x0:v}.4h, {k:v}.h[6]",
+                    "smlal2 {hi:v}.4s, {x0:v}.8h, {k:v}.h[6]",
+                    "ldr {x0:d}, [{p8}, {b}]",
+                    "smlal {lo:v}.4s, {x1:v}.4h, {k:v}.h[7]",
+                    "smlal2 {hi:v}.4s, {x1:v}.8h, {k:v}.h[7]",
+                    "ushll {x0:v}.8h, {x0:v}.8b, #0",
+                    "smlal {lo:v}.4s, {x0:v}.4h, {k8:v}.h[0]",
+                    "smlal2 {hi:v}.4s, {x0:v}.8h, {k8:v}.h[0]",
+                    p0 = in(reg) p[0],
+                    p1 = in(reg) p[1],
+                    p2 = in(reg) p[2],
+                    p3 = in(reg) p[3],
+                    p4 = in(reg) p[4],
+                    p5 = in(reg) p[5],
+                    p6 = in(reg) p[6],
+                    p7 = in(reg) p[7],
+                    p8 = in(reg) p[8],
+                    b = in(reg) block,
+                    k = in(vreg_low16) taps,
+                    k8 = in(vreg_low16) last_tap,
+                    lo = inout(vreg) low,
+                    hi = inout(vreg) high,
+                    x0 = out(vreg) _,
+                    x1 = out(vreg) _,
+                    options(pure, readonly, nostack),
+                );
+                vst1_u8(
+                    out.as_mut_ptr().add(block),
+                    requantized(low, high, scale, shift, zero),
+                );
+            }
+        }
+    }
+
+    /// `depthwise_blocks` at stride 2 over plain padded rows (every row at least 2 x out.len() + 2
+    /// bytes): per row, two de-interleaving loads give the even columns (kx = 0), the odd ones (kx
+    /// = 1) and the even ones one further on (kx = 2).
+    pub(super) fn depthwise_blocks_stride2(
+        out: &mut [u8],
+        rows: [&[u8]; 3],
+        k: &[i16; 9],
+        requantize: &super::Requantize,
+        ch: usize,
+    ) {
+        let len = out.len();
+        assert!(len.is_multiple_of(8) && rows.iter().all(|r| r.len() >= 2 * len + 2));
+        let (offset, scale, shift, zero) = channel(requantize, ch);
+        let (taps, last_tap) = tap_vectors(k);
+        for block in (0..len).step_by(8) {
+            // SAFETY: NEON is part of every aarch64 CPU; the loads read bytes 2 x block .. 2 x
+            // block + 18 of each row, inside it since block + 8 <= len (asserted lengths), and 8
+            // bytes are written inside `out`. The assembly writes only its register operands.
+            unsafe {
+                let mut low = vdupq_n_s32(offset);
+                let mut high = low;
+                std::arch::asm!(
+                    "add {t}, {r0}, {b}",
+                    "ld2 {{v16.8b, v17.8b}}, [{t}]",
+                    "add {t}, {t}, #2",
+                    "ld2 {{v18.8b, v19.8b}}, [{t}]",
+                    "ushll v16.8h, v16.8b, #0", "ushll v17.8h, v17.8b, #0", "ushll v18.8h, v18.8b, #0",
+                    "smlal v2.4s, v16.4h, v0.h[0]", "smlal2 v3.4s, v16.8h, v0.h[0]",
+                    "smlal v2.4s, v17.4h, v0.h[1]", "smlal2 v3.4s, v17.8h, v0.h[1]",
+                    "smlal v2.4s, v18.4h, v0.h[2]", "smlal2 v3.4s, v18.8h, v0.h[2]",
+                    "add {t}, {r1}, {b}",
+                    "ld2 {{v16.8b, v17.8b}}, [{t}]",
+                    "add {t}, {t}, #2",
+                    "ld2 {{v18.8b, v19.8b}}, [{t}]",
+                    "ushll v16.8h, v16.8b, #0", "ushll v17.8h, v17.8b, #0", "ushll v18.8h, v18.8b, #0",
+                    "smlal v2.4s, v16.4h, v0.h[3]", "smlal2 v3.4s, v16.8h, v0.h[3]",
+                    "smlal v2.4s, v17.4h, v0.h[4]", "smlal2 v3.4s, v17.8h, v0.h[4]",
+                    "smlal v2.4s, v18.4h, v0.h[5]", "smlal2 v3.4s, v18.8h, v0.h[5]",
+                    "add {t}, {r2}, {b}",
+                    "ld2 {{v16.8b, v17.8b}}, [{t}]",
+                    "add {t}, {t}, #2",
+                    "ld2 {{v18.8b, v19.8b}}, [{t}]",
+                    "ushll v16.8h, v16.8b, #0", "ushll v17.8h, v17.8b, #0", "ushll v18.8h, v18.8b, #0",
+                    "smlal v2.4s, v16.4h, v0.h[6]", "smlal2 v3.4s, v16.8h, v0.h[6]",
+                    "smlal v2.4s, v17.4h, v0.h[7]", "smlal2 v3.4s, v17.8h, v0.h[7]",
+                    "smlal v2.4s, v18.4h, v1.h[0]", "smlal2 v3.4s, v18.8h, v1.h[0]",
+                    r0 = in(reg) rows[0].as_ptr(),
+                    r1 = in(reg) rows[1].as_ptr(),
+                    r2 = in(reg) rows[2].as_ptr(),
+                    b = in(reg) 2 * block,
+                    t = out(reg) _,
+                    in("v0") taps,
+                    in("v1") last_tap,
+                    inout("v2") low,
+                    inout("v3") high,
+                    out("v16") _, out("v17") _, out("v18") _, out("v19") _,
+                    options(pure, readonly, nostack),
+                );
+                vst1_u8(
+                    out.as_mut_ptr().add(block),
+                    requantized(low, high, scale, shift, zero),
+                );
+            }
+        }
+    }
+
+    /// Channel `ch`'s requantization: offset, scale, shift and zero point.
+    fn channel(requantize: &super::Requantize, ch: usize) -> (i32, f32, f32, i32) {
+        (
+            requantize.offset[ch],
+            requantize.scale[ch],
+            requantize.shift[ch],
+            requantize.zero as i32,
+        )
+    }
+
+    /// A depthwise kernel's taps 0..8 as one vector, and tap 8 in every lane of another.
+    fn tap_vectors(k: &[i16; 9]) -> (int16x8_t, int16x8_t) {
+        // SAFETY: NEON is part of every aarch64 CPU; 8 of the 9 values are read.
+        unsafe { (vld1q_s16(k.as_ptr()), vdupq_n_s16(k[8])) }
+    }
+
+    /// Two vectors of sums (offset included) to 8 bytes, as `store` does it: a multiply then an
+    /// add, rounding to nearest even, the zero point added, saturating.
+    #[inline(always)]
+    unsafe fn requantized(
+        low: int32x4_t,
+        high: int32x4_t,
         scale: f32,
         shift: f32,
-        zero: u8,
-        out: &mut [u8],
-    ) {
-        assert!(sums.len() == out.len() && sums.len().is_multiple_of(4));
-        for (s, y) in sums.chunks_exact(4).zip(out.chunks_exact_mut(4)) {
-            // SAFETY: as above, 4 f32 read, 4 bytes written.
-            unsafe {
-                store(
-                    vaddq_f32(vld1q_f32(s.as_ptr()), vdupq_n_f32(offset)),
-                    scale,
-                    shift,
-                    zero,
-                    y,
-                )
+        zero: i32,
+    ) -> uint8x8_t {
+        // SAFETY: NEON arithmetic on registers only.
+        unsafe {
+            let quantize = |sum: int32x4_t| {
+                let scaled = vaddq_f32(vmulq_n_f32(vcvtq_f32_s32(sum), scale), vdupq_n_f32(shift));
+                vqmovn_s32(vaddq_s32(vcvtnq_s32_f32(scaled), vdupq_n_s32(zero)))
             };
+            vqmovun_s16(vcombine_s16(quantize(low), quantize(high)))
         }
     }
 
