@@ -17,7 +17,7 @@ use tract_onnx::tract_core::internal::ensure;
 use tract_onnx::tract_core::ops::binary::TypedBinOp;
 use tract_onnx::tract_core::ops::cnn::Conv;
 use tract_onnx::tract_core::ops::element_wise::ElementWiseOp;
-use tract_onnx::tract_core::ops::math::Add;
+use tract_onnx::tract_core::ops::math::{Add, Mul};
 use tract_onnx::tract_core::ops::quant::{DequantizeLinearF32, QuantizeLinearU8};
 
 type Rewrite = fn(&TypedModel, &TypedNode) -> TractResult<Option<TypedModelPatch>>;
@@ -28,11 +28,12 @@ pub(crate) fn integer_patch(
     model: &TypedModel,
     node: &TypedNode,
 ) -> TractResult<Option<TypedModelPatch>> {
-    let rewrites: [Rewrite; 5] = [
+    let rewrites: [Rewrite; 6] = [
         quantized_pointwise,
         quantized_depthwise,
         quantized_conv3x3,
         quantized_add,
+        quantized_channel_mul,
         lookup_table,
     ];
     for rewrite in rewrites {
@@ -426,11 +427,68 @@ pub(crate) fn quantized_add(
     )?))
 }
 
+/// The product of a dequantized image [N, C, H, W] and a dequantized factor per channel [N, C, 1,
+/// 1] (squeeze-and-excitation's gate in EfficientNet blocks) before a quantizer.
+pub(crate) fn quantized_channel_mul(
+    model: &TypedModel,
+    node: &TypedNode,
+) -> TractResult<Option<TypedModelPatch>> {
+    let is_mul = node
+        .op_as::<TypedBinOp>()
+        .is_some_and(|b| b.0.is::<Mul>() && b.1.is_none() && node.inputs.len() == 2);
+    if !is_mul {
+        return Ok(None);
+    }
+    let (Some(a), Some(b)) = (
+        dequantized(model, node.inputs[0])?,
+        dequantized(model, node.inputs[1])?,
+    ) else {
+        return Ok(None);
+    };
+    let shape = |q: &Quantized| -> TractResult<Option<Vec<usize>>> {
+        Ok(model
+            .outlet_fact(q.outlet)?
+            .shape
+            .as_concrete()
+            .map(|s| s.to_vec()))
+    };
+    let (Some(sa), Some(sb)) = (shape(&a)?, shape(&b)?) else {
+        return Ok(None);
+    };
+    let gates = |image: &[usize], gate: &[usize]| {
+        image.len() == 4 && gate == [image[0], image[1], 1, 1] && image[2] * image[3] > 1
+    };
+    let (image, gate, plane) = if gates(&sa, &sb) {
+        (a, b, sa[2] * sa[3])
+    } else if gates(&sb, &sa) {
+        (b, a, sb[2] * sb[3])
+    } else {
+        return Ok(None);
+    };
+    let Some(output) = quantized_after(model, OutletId::new(node.id, 0))? else {
+        return Ok(None);
+    };
+    let op = QuantizedChannelMul {
+        plane,
+        image: (image.scale, image.zero),
+        gate: (gate.scale, gate.zero),
+        output: (output.scale, output.zero),
+    };
+    Ok(Some(patch_through(
+        model,
+        node,
+        &[image.outlet, gate.outlet],
+        op,
+        output.outlet,
+    )?))
+}
+
 /// Whether `node` computes each output value from the values at the same place of its inputs (of
 /// the output's shape) and scalar constants only: what a table of 256 entries can stand for.
 fn element_wise(model: &TypedModel, node: &TypedNode) -> TractResult<bool> {
     let shaped = node.op_is::<DequantizeLinearF32>()
         || node.op_is::<ElementWiseOp>()
+        || node.op_is::<Table256>()
         || node.op_as::<TypedBinOp>().is_some_and(|b| b.1.is_none());
     if !shaped || node.outputs.len() != 1 {
         return Ok(false);
@@ -528,9 +586,12 @@ pub(crate) fn lookup_table(
     let Ok(table) = table_of(model, source, rank, output) else {
         return Ok(None);
     };
-    let op = tract_onnx::tract_core::ops::quant::lookup_table(
-        tract_onnx::tract_core::tract_linalg::routines::lut_u8(&table)?,
-    );
+    let Ok(table) = <[u8; 256]>::try_from(table) else {
+        return Ok(None);
+    };
+    let op = Table256 {
+        table: Arc::new(table),
+    };
     let mut patch = TypedModelPatch::default();
     let tapped = patch.tap_model(model, source)?;
     let looked_up = patch.wire_node(format!("{}.table", node.name), op, &[tapped])?[0];

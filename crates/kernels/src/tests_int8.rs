@@ -305,5 +305,53 @@ fn silu_between_quantizers_becomes_one_table() {
     let y = m.wire_node("mul", math::mul(), &[x, s]).unwrap()[0];
     let y = qdq(&mut m, "y", y, 0.04, 20);
     m.select_output_outlets(&[y]).unwrap();
-    compare(m, image(&shape, 26), "LookupTable", 1, 0.04);
+    compare(m, image(&shape, 26), "FaceEdgeTable256", 1, 0.04);
+}
+
+#[test]
+fn a_squeeze_and_excitation_gate_is_one_integer_op() {
+    // EfficientNetV2's blocks: the image times a factor per channel (sigmoid of its mean), each
+    // between quantizers as onnxruntime writes them.
+    let shape = [1, 8, 9, 9];
+    let mut m = TypedModel::default();
+    let x = m.add_source("x", f32::fact(shape)).unwrap();
+    let x = qdq(&mut m, "x", x, 0.05, 117);
+    let mean = m
+        .wire_node(
+            "mean",
+            tract_onnx::tract_core::ops::nn::Reduce::new(
+                tvec![2, 3],
+                tract_onnx::tract_core::ops::nn::Reducer::Sum,
+            ),
+            &[x],
+        )
+        .unwrap()[0];
+    let gate = m
+        .wire_node(
+            "sigmoid",
+            tract_onnx::tract_core::ops::nn::sigmoid(),
+            &[mean],
+        )
+        .unwrap()[0];
+    let gate = qdq(&mut m, "gate", gate, 1.0 / 255.0, 0);
+    let y = m.wire_node("mul", math::mul(), &[x, gate]).unwrap()[0];
+    let y = qdq(&mut m, "y", y, 0.03, 90);
+    m.select_output_outlets(&[y]).unwrap();
+    compare(m, image(&shape, 27), "FaceEdgeQuantizedChannelMul", 1, 0.03);
+}
+
+#[test]
+fn the_table_looks_up_every_byte_at_every_length() {
+    let table: [u8; 256] = std::array::from_fn(|i| (i as u8).wrapping_mul(37).wrapping_add(11));
+    for len in [0, 1, 15, 16, 17, 64, 100] {
+        let input: Vec<u8> = (0..len).map(|i| (i * 97 % 256) as u8).collect();
+        let mut out = vec![0u8; len];
+        look_up(&table, &input, &mut out);
+        let expected: Vec<u8> = input.iter().map(|&x| table[x as usize]).collect();
+        assert_eq!(out, expected, "length {len}");
+    }
+    let every: Vec<u8> = (0..=255).collect();
+    let mut out = vec![0u8; 256];
+    look_up(&table, &every, &mut out);
+    assert_eq!(out, table);
 }

@@ -444,6 +444,122 @@ impl TypedOp for QuantizedAdd {
     as_op!();
 }
 
+/// Any element-wise function of one uint8 tensor to uint8, as its 256 values (a SiLU or a sigmoid
+/// between quantizers). On aarch64 16 bytes at a time with TBL/TBX over the table held in 16
+/// registers; tract's own table op looks bytes up one at a time.
+#[derive(Debug, Clone)]
+pub(crate) struct Table256 {
+    pub(crate) table: Arc<[u8; 256]>,
+}
+
+by_address!(Table256, table);
+
+impl Op for Table256 {
+    fn name(&self) -> StaticName {
+        "FaceEdgeTable256".into()
+    }
+
+    op_as_typed_op!();
+}
+
+impl EvalOp for Table256 {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        ensure!(inputs.len() == 1);
+        let input = inputs[0].try_as_plain_ram()?.as_slice::<u8>()?;
+        // SAFETY: u8 has no invalid bit patterns, and `look_up` writes every element.
+        let mut out = unsafe { Tensor::uninitialized::<u8>(inputs[0].shape())? };
+        look_up(&self.table, input, u8_values_mut(&mut out)?);
+        Ok(tvec!(out.into_tvalue()))
+    }
+}
+
+impl TypedOp for Table256 {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        ensure!(inputs[0].datum_type == u8::datum_type());
+        Ok(tvec!(u8::fact(inputs[0].shape.clone())))
+    }
+
+    as_op!();
+}
+
+/// out[i] = table[input[i]].
+pub(crate) fn look_up(table: &[u8; 256], input: &[u8], out: &mut [u8]) {
+    assert_eq!(input.len(), out.len());
+    #[cfg(target_arch = "aarch64")]
+    let (input, out) = {
+        let whole = input.len() / 16 * 16;
+        neon::look_up(table, &input[..whole], &mut out[..whole]);
+        (&input[whole..], &mut out[whole..])
+    };
+    for (y, &x) in out.iter_mut().zip(input) {
+        *y = table[x as usize];
+    }
+}
+
+/// A uint8 image [N, C, H, W] times a uint8 factor per channel [N, C, 1, 1], each with its scale and
+/// zero point, to uint8: squeeze-and-excitation's gate. Computed as tract computes the graph it
+/// replaces (dequantize both, multiply, quantize), in the same f32 operations, so the bytes are
+/// tract's; only the f32 tensors are gone.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct QuantizedChannelMul {
+    /// H x W.
+    pub(crate) plane: usize,
+    /// (scale, zero point) of the image, the gate and the output (its scale as tract's quantizer
+    /// holds it: the reciprocal).
+    pub(crate) image: (f32, u8),
+    pub(crate) gate: (f32, u8),
+    pub(crate) output: (f32, u8),
+}
+
+impl Eq for QuantizedChannelMul {}
+
+impl Op for QuantizedChannelMul {
+    fn name(&self) -> StaticName {
+        "FaceEdgeQuantizedChannelMul".into()
+    }
+
+    fn validation(&self) -> Validation {
+        Validation::Rounding
+    }
+
+    op_as_typed_op!();
+}
+
+impl EvalOp for QuantizedChannelMul {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        ensure!(inputs.len() == 2 && inputs[0].len() == inputs[1].len() * self.plane);
+        let image = inputs[0].try_as_plain_ram()?.as_slice::<u8>()?;
+        let gates = inputs[1].try_as_plain_ram()?.as_slice::<u8>()?;
+        // SAFETY: u8 has no invalid bit patterns, and every element is written below.
+        let mut out = unsafe { Tensor::uninitialized::<u8>(inputs[0].shape())? };
+        let ((sx, zx), (sg, zg), (so, zo)) = (self.image, self.gate, self.output);
+        let planes = u8_values_mut(&mut out)?
+            .chunks_exact_mut(self.plane)
+            .zip(image.chunks_exact(self.plane))
+            .zip(gates);
+        for ((dst, src), &g) in planes {
+            let gate = (g as i32 - zg as i32) as f32 * sg;
+            for (y, &x) in dst.iter_mut().zip(src) {
+                *y = to_u8((x as i32 - zx as i32) as f32 * sx * gate * so, zo);
+            }
+        }
+        Ok(tvec!(out.into_tvalue()))
+    }
+}
+
+impl TypedOp for QuantizedChannelMul {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        ensure!(inputs.iter().all(|f| f.datum_type == u8::datum_type()));
+        Ok(tvec!(u8::fact(inputs[0].shape.clone())))
+    }
+
+    as_op!();
+}
+
 /// The uint8 values of input 0, which must hold `len` of them.
 fn u8_values(inputs: &[TValue], len: usize) -> TractResult<&[u8]> {
     ensure!(!inputs.is_empty() && inputs[0].len() == len);
@@ -632,6 +748,40 @@ mod neon {
                     out.as_mut_ptr().add(block),
                     requantized(low, high, scale, shift, zero),
                 );
+            }
+        }
+    }
+
+    /// `look_up` over whole blocks of 16: TBL finds the values of indices 0..64 in the first quarter
+    /// of the table (0 for the others), then TBX, which leaves lanes whose index is out of range
+    /// alone, the values of each further quarter from the index minus 64, 128 and 192.
+    pub(super) fn look_up(table: &[u8; 256], input: &[u8], out: &mut [u8]) {
+        assert!(input.len() == out.len() && input.len().is_multiple_of(16));
+        // SAFETY: NEON is part of every aarch64 CPU; the table's 256 bytes are read as 16 blocks
+        // of 16, and each block of 16 input bytes read and output bytes written is inside its
+        // slice (lengths asserted above).
+        unsafe {
+            let quarter = |q: usize| {
+                let p = table.as_ptr().add(q * 64);
+                uint8x16x4_t(
+                    vld1q_u8(p),
+                    vld1q_u8(p.add(16)),
+                    vld1q_u8(p.add(32)),
+                    vld1q_u8(p.add(48)),
+                )
+            };
+            let (t0, t1, t2, t3) = (quarter(0), quarter(1), quarter(2), quarter(3));
+            let sixty_four = vdupq_n_u8(64);
+            for (x, y) in input.chunks_exact(16).zip(out.chunks_exact_mut(16)) {
+                let i0 = vld1q_u8(x.as_ptr());
+                let i1 = vsubq_u8(i0, sixty_four);
+                let i2 = vsubq_u8(i1, sixty_four);
+                let i3 = vsubq_u8(i2, sixty_four);
+                let v = vqtbl4q_u8(t0, i0);
+                let v = vqtbx4q_u8(v, t1, i1);
+                let v = vqtbx4q_u8(v, t2, i2);
+                let v = vqtbx4q_u8(v, t3, i3);
+                vst1q_u8(y.as_mut_ptr(), v);
             }
         }
     }
