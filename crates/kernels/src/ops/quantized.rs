@@ -239,15 +239,7 @@ fn depthwise_blocks(
     #[cfg(target_arch = "aarch64")]
     neon::depthwise_blocks(out, sources, k, requantize, ch);
     #[cfg(not(target_arch = "aarch64"))]
-    for (b, block) in out.chunks_exact_mut(DEPTHWISE_BLOCK).enumerate() {
-        let start = b * DEPTHWISE_BLOCK;
-        let sums: [i32; DEPTHWISE_BLOCK] = std::array::from_fn(|i| {
-            (0..9)
-                .map(|t| i32::from(k[t]) * i32::from(sources[t][start + i]))
-                .sum()
-        });
-        requantize.row(ch, &sums, block);
-    }
+    portable::depthwise(out, sources.map(|s| (s, 1)), k, requantize, ch);
 }
 
 /// The same at stride 2: out[x] = requantized sum over ky, kx of k[3ky + kx] * rows[ky][2x + kx];
@@ -264,14 +256,85 @@ fn depthwise_blocks_stride2(
     #[cfg(target_arch = "aarch64")]
     neon::depthwise_blocks_stride2(out, rows, k, requantize, ch);
     #[cfg(not(target_arch = "aarch64"))]
-    for (b, block) in out.chunks_exact_mut(DEPTHWISE_BLOCK).enumerate() {
-        let start = b * DEPTHWISE_BLOCK;
-        let sums: [i32; DEPTHWISE_BLOCK] = std::array::from_fn(|i| {
-            (0..9)
-                .map(|t| i32::from(k[t]) * i32::from(rows[t / 3][2 * (start + i) + t % 3]))
-                .sum()
-        });
-        requantize.row(ch, &sums, block);
+    portable::depthwise(
+        out,
+        std::array::from_fn(|t| (&rows[t / 3][t % 3..], 2)),
+        k,
+        requantize,
+        ch,
+    );
+}
+
+/// The depthwise sums without NEON: per chunk of outputs, tap by tap over the chunk (a loop the
+/// compiler vectorises), then `Requantize::row`. On x86-64 compiled twice, for the baseline and for
+/// AVX2, picked at run time.
+#[cfg(not(target_arch = "aarch64"))]
+mod portable {
+    use super::Requantize;
+
+    const CHUNK: usize = 64;
+
+    /// out[i] = requantized sum of k[t] * taps[t].0[i * taps[t].1] (the second: the stride).
+    pub(super) fn depthwise(
+        out: &mut [u8],
+        taps: [(&[u8], usize); 9],
+        k: &[i16; 9],
+        requantize: &Requantize,
+        ch: usize,
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        if crate::cpu::features().avx2 {
+            // SAFETY: only reached when the CPU reports AVX2.
+            return unsafe { depthwise_avx2(out, taps, k, requantize, ch) };
+        }
+        chunks(out, taps, k, requantize, ch)
+    }
+
+    /// `depthwise` built for AVX2.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn depthwise_avx2(
+        out: &mut [u8],
+        taps: [(&[u8], usize); 9],
+        k: &[i16; 9],
+        requantize: &Requantize,
+        ch: usize,
+    ) {
+        chunks(out, taps, k, requantize, ch)
+    }
+
+    #[inline(always)]
+    fn chunks(
+        out: &mut [u8],
+        taps: [(&[u8], usize); 9],
+        k: &[i16; 9],
+        requantize: &Requantize,
+        ch: usize,
+    ) {
+        let mut sums = [0i32; CHUNK];
+        for (c, chunk) in out.chunks_mut(CHUNK).enumerate() {
+            let start = c * CHUNK;
+            let sums = &mut sums[..chunk.len()];
+            sums.fill(0);
+            for ((source, stride), &w) in taps.iter().zip(k) {
+                let w = i32::from(w);
+                if *stride == 1 {
+                    let source = &source[start..start + sums.len()];
+                    for (s, &x) in sums.iter_mut().zip(source) {
+                        *s += w * i32::from(x);
+                    }
+                } else {
+                    let source = &source[start * stride..];
+                    for (s, &x) in sums.iter_mut().zip(source.iter().step_by(*stride)) {
+                        *s += w * i32::from(x);
+                    }
+                }
+            }
+            requantize.row(ch, sums, chunk);
+        }
     }
 }
 
