@@ -6,14 +6,13 @@
 
 use crate::image_io::{expand_inputs, load_rgb};
 use crate::models::{Catalog, kernels_from_env, sha256_hex};
+use crate::store::write_atomically_with_mode;
 use anyhow::{Context, bail};
 use face_edge_core::embed::{Embedder, cosine};
 use face_edge_core::inference::{Precision, VerifiedWeights};
 use face_edge_core::manifest::{Manifest, Role};
 use face_edge_core::quantize::QdqQuantizer;
 use image::RgbImage;
-use std::fs::{self, File};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// The method name in file names, manifest ids and `[variant]`.
@@ -174,10 +173,12 @@ pub fn quantize(
         );
     }
 
-    // The weights first: a manifest never names a file that is not there yet.
-    install(&out_dir, &weights_name, &variant_weights.bytes)?;
+    // The weights first: a manifest never names a file that is not there yet. Each through a
+    // temporary file, fsync and rename (an interrupted run leaves the old file or none), readable
+    // like fetched weights.
+    write_atomically_with_mode(&out_dir, &weights_name, &variant_weights.bytes, 0o644)?;
     let manifest_name = format!("{variant_id}.toml");
-    install(&out_dir, &manifest_name, text.as_bytes())?;
+    write_atomically_with_mode(&out_dir, &manifest_name, text.as_bytes(), 0o644)?;
     Ok(QuantizeReport {
         id: variant_id,
         weights_path,
@@ -305,23 +306,4 @@ fn variant_manifest(
 
 fn quote(value: &str) -> String {
     toml::Value::String(value.to_string()).to_string()
-}
-
-/// Writes `<dir>/<name>` through a temporary file, fsync and rename: an interrupted run leaves the old
-/// file or none, never half a model. Readable like the fetched weights (the service may run as
-/// another user).
-fn install(dir: &Path, name: &str, bytes: &[u8]) -> anyhow::Result<()> {
-    fs::create_dir_all(dir).with_context(|| format!("{}", dir.display()))?;
-    let part = dir.join(format!(".{name}.part"));
-    let result = (|| {
-        let mut file = File::create(&part)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        fs::rename(&part, dir.join(name))?;
-        File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&part);
-    }
-    result.with_context(|| format!("{}", dir.join(name).display()))
 }

@@ -147,6 +147,16 @@ pub fn save(state_dir: &Path, data: &StoreData) -> Result<(), StoreError> {
 /// Writes `<dir>/<name>` so that readers see the old or the new content, never a mix, and a crash
 /// leaves at most a temporary file: temporary file (mode 0600), fsync, rename, fsync of the directory.
 pub fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
+    write_atomically_with_mode(dir, name, bytes, 0o600)
+}
+
+/// `write_atomically` with the new file's permission bits (before the umask).
+pub fn write_atomically_with_mode(
+    dir: &Path,
+    name: &str,
+    bytes: &[u8],
+    mode: u32,
+) -> Result<(), StoreError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |cause| StoreError::Io { path, cause }
@@ -159,7 +169,7 @@ pub fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), Stor
             .write(true)
             .create(true)
             .truncate(true)
-            .mode(0o600)
+            .mode(mode)
             .open(&tmp)
             .map_err(io(&tmp))?;
         file.write_all(bytes).map_err(io(&tmp))?;

@@ -10,10 +10,12 @@
 
 use prost::Message as _;
 use std::collections::{HashMap, HashSet};
+use tract_onnx::data_resolver::MmapDataResolver;
 use tract_onnx::pb::attribute_proto::AttributeType;
 use tract_onnx::pb::tensor_proto::{DataLocation, DataType};
 use tract_onnx::pb::{AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto};
 use tract_onnx::prelude::*;
+use tract_onnx::tensor::load_tensor;
 
 /// Per-axis `DequantizeLinear` (per-channel weight scales) exists from this opset on.
 const QDQ_OPSET: i64 = 13;
@@ -506,21 +508,20 @@ impl<'a> Constants<'a> {
     }
 }
 
-/// The values of an f32 tensor stored in the file (raw little-endian bytes or `float_data`).
+/// The values of an f32 tensor stored in the file, read by tract-onnx's own loader.
 fn floats(t: &TensorProto) -> Option<Vec<f32>> {
     if t.data_type != DataType::Float as i32 {
         return None;
     }
-    let values: Vec<f32> = if t.raw_data.is_empty() {
-        t.float_data.clone()
-    } else {
-        t.raw_data
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect()
-    };
-    let expected: i64 = t.dims.iter().product();
-    (values.len() as i64 == expected).then_some(values)
+    let tensor = load_tensor(&MmapDataResolver, t, None).ok()?;
+    Some(
+        tensor
+            .try_as_plain_ram()
+            .ok()?
+            .as_slice::<f32>()
+            .ok()?
+            .to_vec(),
+    )
 }
 
 /// The axis of the output channels in a weighted op's weight (input 1).

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::ensure;
-use tract_onnx::tract_core::ops::binary::TypedBinOp;
+use tract_onnx::tract_core::ops::binary::{BinMiniOp, TypedBinOp};
 use tract_onnx::tract_core::ops::cnn::Conv;
 use tract_onnx::tract_core::ops::element_wise::ElementWiseOp;
 use tract_onnx::tract_core::ops::math::{Add, Mul};
@@ -390,21 +390,26 @@ pub(crate) fn quantized_conv3x3(
     )?))
 }
 
+/// The two uint8 tensors read by `node` when it is the binary op `Op` of two dequantized values.
+fn dequantized_operands<Op: BinMiniOp>(
+    model: &TypedModel,
+    node: &TypedNode,
+) -> TractResult<Option<(Quantized, Quantized)>> {
+    let is_op = node
+        .op_as::<TypedBinOp>()
+        .is_some_and(|b| b.0.is::<Op>() && b.1.is_none() && node.inputs.len() == 2);
+    if !is_op {
+        return Ok(None);
+    }
+    Ok(dequantized(model, node.inputs[0])?.zip(dequantized(model, node.inputs[1])?))
+}
+
 /// The sum of two dequantized tensors of one shape, quantized again.
 pub(crate) fn quantized_add(
     model: &TypedModel,
     node: &TypedNode,
 ) -> TractResult<Option<TypedModelPatch>> {
-    let is_add = node
-        .op_as::<TypedBinOp>()
-        .is_some_and(|b| b.0.is::<Add>() && b.1.is_none() && node.inputs.len() == 2);
-    if !is_add {
-        return Ok(None);
-    }
-    let (Some(a), Some(b)) = (
-        dequantized(model, node.inputs[0])?,
-        dequantized(model, node.inputs[1])?,
-    ) else {
+    let Some((a, b)) = dequantized_operands::<Add>(model, node)? else {
         return Ok(None);
     };
     if model.outlet_fact(a.outlet)?.shape != model.outlet_fact(b.outlet)?.shape {
@@ -433,16 +438,7 @@ pub(crate) fn quantized_channel_mul(
     model: &TypedModel,
     node: &TypedNode,
 ) -> TractResult<Option<TypedModelPatch>> {
-    let is_mul = node
-        .op_as::<TypedBinOp>()
-        .is_some_and(|b| b.0.is::<Mul>() && b.1.is_none() && node.inputs.len() == 2);
-    if !is_mul {
-        return Ok(None);
-    }
-    let (Some(a), Some(b)) = (
-        dequantized(model, node.inputs[0])?,
-        dequantized(model, node.inputs[1])?,
-    ) else {
+    let Some((a, b)) = dequantized_operands::<Mul>(model, node)? else {
         return Ok(None);
     };
     let shape = |q: &Quantized| -> TractResult<Option<Vec<usize>>> {

@@ -101,9 +101,9 @@ impl Window {
     /// Copies one planar channel into the image area of `padded` (and, for stride 2, its columns
     /// split into even and odd halves), so that every output row is the same nine-tap sum over
     /// contiguous slices (`taps`): no edge cases in the loops that compute. The border is never
-    /// written: the caller makes the buffer filled with the padding value (0, or a uint8 input's
-    /// zero point) and reuses it for every plane of this window.
-    pub(crate) fn pad<T: Copy>(&self, src: &[T], padded: &mut [T]) {
+    /// written: the caller makes the buffer filled with zeros and reuses it for every plane of this
+    /// window.
+    pub(crate) fn pad(&self, src: &[f32], padded: &mut [f32]) {
         let w = self.input[3];
         let (ph, pw) = self.padded_size();
         let p = self.pad_left;
@@ -142,7 +142,8 @@ impl Window {
     }
 
     /// Copies one planar channel into the image area of `padded`, in rows of the padded width at
-    /// any stride (`pad`'s layout at stride 1); the border, as for `pad`, is the caller's.
+    /// any stride (`pad`'s layout at stride 1); the border, as for `pad`, is the caller's (filled with
+    /// the padding value: 0, or a uint8 input's zero point).
     pub(crate) fn pad_rows<T: Copy>(&self, src: &[T], padded: &mut [T]) {
         let w = self.input[3];
         let (ph, pw) = self.padded_size();

@@ -483,8 +483,8 @@ impl EvalOp for QuantizedAdd {
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         ensure!(inputs.len() == 2 && inputs[0].shape() == inputs[1].shape());
-        let a = inputs[0].try_as_plain_ram()?.as_slice::<u8>()?;
-        let b = inputs[1].try_as_plain_ram()?.as_slice::<u8>()?;
+        let a = u8_slice(&inputs[0])?;
+        let b = u8_slice(&inputs[1])?;
         // SAFETY: u8 has no invalid bit patterns, and every element is written below.
         let mut out = unsafe { Tensor::uninitialized::<u8>(inputs[0].shape())? };
         let [sa, sb] = self.scales;
@@ -530,7 +530,7 @@ impl EvalOp for Table256 {
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         ensure!(inputs.len() == 1);
-        let input = inputs[0].try_as_plain_ram()?.as_slice::<u8>()?;
+        let input = u8_slice(&inputs[0])?;
         // SAFETY: u8 has no invalid bit patterns, and `look_up` writes every element.
         let mut out = unsafe { Tensor::uninitialized::<u8>(inputs[0].shape())? };
         look_up(&self.table, input, u8_values_mut(&mut out)?);
@@ -595,8 +595,8 @@ impl EvalOp for QuantizedChannelMul {
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         ensure!(inputs.len() == 2 && inputs[0].len() == inputs[1].len() * self.plane);
-        let image = inputs[0].try_as_plain_ram()?.as_slice::<u8>()?;
-        let gates = inputs[1].try_as_plain_ram()?.as_slice::<u8>()?;
+        let image = u8_slice(&inputs[0])?;
+        let gates = u8_slice(&inputs[1])?;
         // SAFETY: u8 has no invalid bit patterns, and every element is written below.
         let mut out = unsafe { Tensor::uninitialized::<u8>(inputs[0].shape())? };
         let ((sx, zx), (sg, zg), (so, zo)) = (self.image, self.gate, self.output);
@@ -626,7 +626,12 @@ impl TypedOp for QuantizedChannelMul {
 /// The uint8 values of input 0, which must hold `len` of them.
 fn u8_values(inputs: &[TValue], len: usize) -> TractResult<&[u8]> {
     ensure!(!inputs.is_empty() && inputs[0].len() == len);
-    inputs[0].try_as_plain_ram()?.as_slice::<u8>()
+    u8_slice(&inputs[0])
+}
+
+/// The values of a uint8 input.
+fn u8_slice(value: &TValue) -> TractResult<&[u8]> {
+    value.try_as_plain_ram()?.as_slice::<u8>()
 }
 
 /// The values of a tensor this module just made as uint8.
