@@ -241,8 +241,23 @@ fn weights_that_are_not_int8_multiples_stay_in_f32() {
 
 #[test]
 fn every_gemm_kernel_this_cpu_runs_gives_the_portable_sums() {
-    let (o, i, pixels) = (12, 37, 45);
-    let w: Vec<i8> = integers(o * i, 31, -128, 127)
+    // Weights down to -128 (which the widening kernel leaves to the portable one) and without.
+    for lowest in [-128, -127] {
+        // Channel groups of 4 (and pairs of groups) odd and even, whole and partial tiles.
+        for (o, i, pixels) in [
+            (12, 37, 45),
+            (8, 64, 32),
+            (3, 5, 17),
+            (5, 9, 40),
+            (4, 20, 16),
+        ] {
+            gemm_kernels_agree(o, i, pixels, lowest);
+        }
+    }
+}
+
+fn gemm_kernels_agree(o: usize, i: usize, pixels: usize, lowest: i32) {
+    let w: Vec<i8> = integers(o * i, 31, lowest, 127)
         .into_iter()
         .map(|v| v as i8)
         .collect();
@@ -261,7 +276,7 @@ fn every_gemm_kernel_this_cpu_runs_gives_the_portable_sums() {
         };
         let mut out = vec![0u8; o * pixels];
         gemm_u8(&packed, &x, pixels, &requantize, &mut out);
-        out
+        (out, packed.kind)
     };
     let expected: Vec<u8> = (0..o)
         .flat_map(|oc| {
@@ -274,10 +289,30 @@ fn every_gemm_kernel_this_cpu_runs_gives_the_portable_sums() {
             })
         })
         .collect();
-    assert_eq!(run(GemmKind::Portable), expected);
+    assert_eq!(run(GemmKind::Portable).0, expected);
     let detected = GemmKind::detect();
-    eprintln!("this CPU's int8 kernel: {}", detected.name());
-    assert_eq!(run(detected), expected, "{}", detected.name());
+    let (out, used) = run(detected);
+    let exact: Vec<i32> = (0..o * pixels)
+        .map(|n| {
+            let (oc, p) = (n / pixels, n % pixels);
+            (0..i)
+                .map(|k| (x[k * pixels + p] as i32 - 101) * w[oc * i + k] as i32)
+                .sum()
+        })
+        .collect();
+    let packed = PackedWeights::new(&w, o, i, detected);
+    assert_eq!(
+        gemm_i32(&packed, &x, pixels, 101),
+        exact,
+        "{} sums",
+        used.name()
+    );
+    eprintln!(
+        "this CPU's int8 kernel: {} ({} for weights from {lowest})",
+        detected.name(),
+        used.name()
+    );
+    assert_eq!(out, expected, "{} {o}x{i}x{pixels}", used.name());
 }
 
 #[test]

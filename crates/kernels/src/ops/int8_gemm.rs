@@ -3,13 +3,14 @@
 //! time: the shape of one instruction on both CPUs that have a 4-way byte dot product (aarch64 SDOT
 //! on ARMv8.2 cores such as the Pi 5's Cortex-A76: 4 pixels x 4 channels against one output's 4
 //! weights; x86-64 AVX512-VNNI VPDPBUSD: 16 pixels x 4 channels). The Pi 4's Cortex-A72 has no dot
-//! product: NEON SMULL/SADALP over the same layout. Elsewhere (x86-64 without VNNI) a plain loop,
-//! left to the compiler's vectoriser.
+//! product: NEON SMULL/SMLAL/SADALP over the same image layout, two channel groups at a time.
+//! Elsewhere (x86-64 without VNNI) a plain loop, left to the compiler's vectoriser.
 //!
 //! Layouts: the image is packed per tile of 16 pixels as [channel group][pixel][4 channels] (channels
-//! and pixels past the end are zero); the weights as [output group][channel group][4 outputs][4
-//! channels]. SDOT and SMULL multiply signed bytes, so for them the uint8 image is stored as x - 128
-//! (the top bit flipped) and `Requantize::offset` gives the 128 back.
+//! and pixels past the end are zero); the weights as [output tile][channel group][4 outputs][4
+//! channels], except for the widening kernel (below). SDOT and SMULL multiply signed bytes, so for
+//! them the uint8 image is stored as x - 128 (the top bit flipped) and `Requantize::offset` gives the
+//! 128 back.
 
 use super::quantized::Requantize;
 use crate::cpu;
@@ -26,8 +27,10 @@ pub(crate) enum GemmKind {
     Sdot,
     /// x86-64 AVX512-VNNI VPDPBUSD.
     Vnni,
-    /// aarch64 without the dot product (the Pi 4's Cortex-A72): SMULL (8 products of signed bytes
-    /// to 16 bits) and SADALP (pairwise sums added into 32 bits).
+    /// aarch64 without the dot product (the Pi 4's Cortex-A72): SMULL and SMLAL (8 products of
+    /// signed bytes, two channel groups' summed in 16 bits) and SADALP (pairwise sums added into
+    /// 32 bits). Two products of bytes in -128..=127 and -127..=127 fit 16 bits (|sum| <= 32512), so
+    /// this kernel takes weights without -128 only; others go to the portable one.
     Widening,
 }
 
@@ -50,7 +53,7 @@ impl GemmKind {
             GemmKind::Portable => "portable",
             GemmKind::Sdot => "SDOT",
             GemmKind::Vnni => "AVX512-VNNI",
-            GemmKind::Widening => "NEON SMULL/SADALP",
+            GemmKind::Widening => "NEON SMULL/SMLAL/SADALP",
         }
     }
 
@@ -62,6 +65,23 @@ impl GemmKind {
     /// What the image's bytes are XORed with when packed.
     fn flip(self) -> u8 {
         if self.signed() { 0x80 } else { 0 }
+    }
+
+    /// Channel groups the image and the weights are padded to: the widening kernel takes two at a
+    /// time.
+    fn groups(self, inputs: usize) -> usize {
+        let groups = inputs.div_ceil(GROUP);
+        if self == GemmKind::Widening {
+            groups.next_multiple_of(2)
+        } else {
+            groups
+        }
+    }
+
+    /// How many times each output's 4 weights of a group are stored: the widening kernel multiplies
+    /// 4 pixels' bytes by a register of the output's weights repeated 4 times, loaded as they lie.
+    fn repeats(self) -> usize {
+        if self == GemmKind::Widening { 4 } else { 1 }
     }
 }
 
@@ -78,15 +98,30 @@ pub(crate) struct PackedWeights {
 impl PackedWeights {
     pub(crate) fn new(weights: &[i8], outputs: usize, inputs: usize, kind: GemmKind) -> Self {
         assert_eq!(weights.len(), outputs * inputs);
-        let groups = inputs.div_ceil(GROUP);
+        let kind = if kind == GemmKind::Widening && weights.contains(&i8::MIN) {
+            GemmKind::Portable
+        } else {
+            kind
+        };
+        let (groups, repeats) = (kind.groups(inputs), kind.repeats());
         let tiles = outputs.div_ceil(TILE_OUTPUTS);
-        let mut data = vec![0i8; tiles * groups * TILE_OUTPUTS * GROUP];
+        let mut data = vec![0i8; tiles * groups * TILE_OUTPUTS * GROUP * repeats];
         for o in 0..outputs {
             for i in 0..inputs {
                 let (tile, lane) = (o / TILE_OUTPUTS, o % TILE_OUTPUTS);
                 let (group, k) = (i / GROUP, i % GROUP);
-                data[((tile * groups + group) * TILE_OUTPUTS + lane) * GROUP + k] =
-                    weights[o * inputs + i];
+                let w = weights[o * inputs + i];
+                if kind == GemmKind::Widening {
+                    // [tile][group pair][lane][group in pair][repeat][k]: one 64-byte load is the
+                    // pair's weights of two outputs.
+                    let (pair, second) = (group / 2, group % 2);
+                    let block = ((tile * groups / 2 + pair) * TILE_OUTPUTS + lane) * 2 + second;
+                    for r in 0..repeats {
+                        data[(block * repeats + r) * GROUP + k] = w;
+                    }
+                } else {
+                    data[((tile * groups + group) * TILE_OUTPUTS + lane) * GROUP + k] = w;
+                }
             }
         }
         let sums = weights
@@ -100,6 +135,16 @@ impl PackedWeights {
             data,
             sums,
         }
+    }
+
+    fn groups(&self) -> usize {
+        self.kind.groups(self.inputs)
+    }
+
+    /// Output tile `tile`'s weights.
+    fn tile(&self, tile: usize) -> &[i8] {
+        let len = self.groups() * TILE_OUTPUTS * GROUP * self.kind.repeats();
+        &self.data[tile * len..][..len]
     }
 
     /// What `Requantize::offset` must hold for output `o` so that the tile sums become sums of
@@ -119,7 +164,7 @@ pub(crate) fn gemm_u8(
     requantize: &Requantize,
     out: &mut [u8],
 ) {
-    let groups = weights.inputs.div_ceil(GROUP);
+    let groups = weights.groups();
     let tile_len = groups * TILE_PIXELS * GROUP;
     let mut packed = vec![0u8; tile_len];
     let mut sums = [[0i32; TILE_PIXELS]; TILE_OUTPUTS];
@@ -135,19 +180,26 @@ pub(crate) fn gemm_u8(
             &mut packed,
         );
         for tile in 0..weights.outputs.div_ceil(TILE_OUTPUTS) {
-            let w = &weights.data[tile * groups * TILE_OUTPUTS * GROUP..][..groups * 16];
+            let w = weights.tile(tile);
             #[cfg(target_arch = "aarch64")]
-            if weights.kind == GemmKind::Sdot
+            if matches!(weights.kind, GemmKind::Sdot | GemmKind::Widening)
                 && width == TILE_PIXELS
                 && (tile + 1) * TILE_OUTPUTS <= weights.outputs
             {
                 // A whole tile: requantized in registers, straight into its four output rows.
                 let first = tile * TILE_OUTPUTS;
                 let rows = &mut out[first * pixels + start..][..3 * pixels + TILE_PIXELS];
-                // SAFETY: Sdot is only chosen when the CPU reports the dot-product extension; the
-                // slices' lengths are asserted inside.
+                // SAFETY: Sdot is only chosen when the CPU reports the dot-product extension (NEON,
+                // which Widening uses, is part of every aarch64 CPU); the slices' lengths are
+                // asserted inside.
                 unsafe {
-                    sdot_tile_requantized(&packed, w, groups, requantize, first, rows, pixels)
+                    if weights.kind == GemmKind::Sdot {
+                        sdot_tile_requantized(&packed, w, groups, requantize, first, rows, pixels)
+                    } else {
+                        widening_tile_requantized(
+                            &packed, w, groups, requantize, first, rows, pixels,
+                        )
+                    }
                 };
                 continue;
             }
@@ -161,6 +213,39 @@ pub(crate) fn gemm_u8(
             }
         }
     }
+}
+
+/// The i32 sums sum over i of (x[i, p] - input_zero) * w[o, i], [outputs, pixels], tile by tile
+/// through `tile_sums`: what the tests compare across kernels exactly, before any rounding.
+#[cfg(test)]
+pub(crate) fn gemm_i32(
+    weights: &PackedWeights,
+    x: &[u8],
+    pixels: usize,
+    input_zero: u8,
+) -> Vec<i32> {
+    let groups = weights.groups();
+    let mut packed = vec![0u8; groups * TILE_PIXELS * GROUP];
+    let mut sums = [[0i32; TILE_PIXELS]; TILE_OUTPUTS];
+    let mut out = vec![0i32; weights.outputs * pixels];
+    for start in (0..pixels).step_by(TILE_PIXELS) {
+        let width = TILE_PIXELS.min(pixels - start);
+        let flip = weights.kind.flip();
+        pack_tile(x, weights.inputs, pixels, start, width, flip, &mut packed);
+        for tile in 0..weights.outputs.div_ceil(TILE_OUTPUTS) {
+            tile_sums(weights, &packed, weights.tile(tile), groups, &mut sums);
+            for (lane, row) in sums.iter().enumerate() {
+                let o = tile * TILE_OUTPUTS + lane;
+                if o < weights.outputs {
+                    let offset = weights.offset(o, input_zero);
+                    for (p, s) in row[..width].iter().enumerate() {
+                        out[o * pixels + start + p] = s + offset;
+                    }
+                }
+            }
+        }
+    }
+    out
 }
 
 /// Packs pixels start..start + width of every channel into one tile: [group][pixel][4 channels].
@@ -259,11 +344,130 @@ fn tile_sums(
     }
 }
 
-/// Two outputs at a time over the tile's 16 pixels: per 4 pixels x 4 channels, SMULL of the low and
-/// the high 8 bytes against the output's 4 weights repeated, SADALP into pairs of channels, and a
-/// final pairwise add to one sum per pixel. A product of two signed bytes fits 16 bits; the pairs
-/// are summed in 32. (Adding two groups' products in 16 bits before widening, which weights within
-/// -127..=127 would allow, counted more instructions under qemu as written: register spills.)
+/// The assembly that requantizes 4 sums (offset included) in v`v` to rounded i32, as
+/// `Requantize::row` does: to f32, times lane `r` of the scales in v`scales`, plus the shift in every
+/// lane of v`shift`, converted rounding to nearest, ties to even.
+#[cfg(target_arch = "aarch64")]
+macro_rules! requantize_vector {
+    ($v:literal, $scales:literal, $r:literal, $shift:literal) => {
+        concat!(
+            "scvtf v", $v, ".4s, v", $v, ".4s\n", "fmul v", $v, ".4s, v", $v, ".4s, v", $scales,
+            ".s[", $r, "]\n", "fadd v", $v, ".4s, v", $v, ".4s, v", $shift, ".4s\n", "fcvtns v",
+            $v, ".4s, v", $v, ".4s\n",
+        )
+    };
+}
+
+/// The assembly of a loop over {n} steps (channel groups, or pairs of them) of `$step`'s
+/// assembly, two per turn (an odd one first): one loop branch per two steps.
+#[cfg(target_arch = "aarch64")]
+macro_rules! two_per_turn {
+    ($step:expr) => {
+        concat!(
+            "tbz {n}, #0, 3f\n",
+            $step,
+            "3:\n",
+            "lsr {n}, {n}, #1\n",
+            "cbz {n}, 4f\n",
+            "2:\n",
+            $step,
+            $step,
+            "subs {n}, {n}, #1\n",
+            "b.ne 2b\n",
+            "4:\n",
+        )
+    };
+}
+
+/// The assembly of one output's share of a pair of channel groups in `widening_tile`: the image's
+/// half-tile in v16, v17 (first group) and v18, v19 (second), the output's weights of the two groups
+/// in v`w0` and v`w1`, its four accumulators v`a`..v`d`.
+#[cfg(target_arch = "aarch64")]
+macro_rules! widening_output {
+    ($a:literal, $b:literal, $c:literal, $d:literal, $w0:literal, $w1:literal) => {
+        concat!(
+            "smull v28.8h, v16.8b, v",
+            $w0,
+            ".8b\n",
+            "smull2 v29.8h, v16.16b, v",
+            $w0,
+            ".16b\n",
+            "smull v30.8h, v17.8b, v",
+            $w0,
+            ".8b\n",
+            "smull2 v31.8h, v17.16b, v",
+            $w0,
+            ".16b\n",
+            "smlal v28.8h, v18.8b, v",
+            $w1,
+            ".8b\n",
+            "smlal2 v29.8h, v18.16b, v",
+            $w1,
+            ".16b\n",
+            "smlal v30.8h, v19.8b, v",
+            $w1,
+            ".8b\n",
+            "smlal2 v31.8h, v19.16b, v",
+            $w1,
+            ".16b\n",
+            "sadalp v",
+            $a,
+            ".4s, v28.8h\n",
+            "sadalp v",
+            $b,
+            ".4s, v29.8h\n",
+            "sadalp v",
+            $c,
+            ".4s, v30.8h\n",
+            "sadalp v",
+            $d,
+            ".4s, v31.8h\n",
+        )
+    };
+}
+
+/// The assembly of one pair of channel groups for one half-tile in `widening_tile`: the image's
+/// bytes from {x} (32 of each group's 64, {step} = 64 apart), 128 weights from {w}.
+#[cfg(target_arch = "aarch64")]
+macro_rules! widening_pair {
+    () => {
+        concat!(
+            "ld1 {{v16.16b, v17.16b}}, [{x}], {step}\n",
+            "ld1 {{v18.16b, v19.16b}}, [{x}], {step}\n",
+            "ld1 {{v20.16b, v21.16b, v22.16b, v23.16b}}, [{w}], #64\n",
+            "ld1 {{v24.16b, v25.16b, v26.16b, v27.16b}}, [{w}], #64\n",
+            widening_output!("0", "1", "2", "3", "20", "21"),
+            widening_output!("4", "5", "6", "7", "22", "23"),
+            widening_output!("8", "9", "10", "11", "24", "25"),
+            widening_output!("12", "13", "14", "15", "26", "27"),
+        )
+    };
+}
+
+/// The assembly of `widening_tile`'s loop over {n} pairs of channel groups, then the pairwise adds
+/// that leave output `lane`'s 8 sums in v(4 x lane) and v(4 x lane + 1).
+#[cfg(target_arch = "aarch64")]
+macro_rules! widening_pairs {
+    () => {
+        concat!(
+            two_per_turn!(widening_pair!()),
+            "addp v0.4s, v0.4s, v1.4s\n",
+            "addp v1.4s, v2.4s, v3.4s\n",
+            "addp v4.4s, v4.4s, v5.4s\n",
+            "addp v5.4s, v6.4s, v7.4s\n",
+            "addp v8.4s, v8.4s, v9.4s\n",
+            "addp v9.4s, v10.4s, v11.4s\n",
+            "addp v12.4s, v12.4s, v13.4s\n",
+            "addp v13.4s, v14.4s, v15.4s",
+        )
+    };
+}
+
+/// The tile in two halves of 8 pixels. Per pair of channel groups and per 2 pixels x 4 channels
+/// x output: SMULL of one group's bytes by the output's weights, SMLAL of the other group's (the
+/// sum fits 16 bits: `GemmKind::Widening`), SADALP into that output's pair of 32-bit sums for the 2
+/// pixels; v(4 x lane + 2 x q + high) holds pixels 4q..4q+3 (2 each, the low or the high two) of
+/// output `lane`, and a pairwise add at the end gives one sum per pixel.
 #[cfg(target_arch = "aarch64")]
 #[target_feature(enable = "neon")]
 unsafe fn widening_tile(
@@ -272,49 +476,134 @@ unsafe fn widening_tile(
     groups: usize,
     sums: &mut [[i32; TILE_PIXELS]; TILE_OUTPUTS],
 ) {
-    use std::arch::aarch64::*;
-    assert!(packed.len() >= groups * 64 && weights.len() >= groups * 16);
-    // SAFETY (for the loads): group g's 64 image bytes and 16 weights are inside the slices
-    // (asserted above), for every g < groups.
-    let load = |g: usize| unsafe {
-        let base = packed.as_ptr().add(g * 64).cast::<i8>();
-        (
-            [
-                vld1q_s8(base),
-                vld1q_s8(base.add(16)),
-                vld1q_s8(base.add(32)),
-                vld1q_s8(base.add(48)),
-            ],
-            vreinterpretq_s32_s8(vld1q_s8(weights.as_ptr().add(g * 16))),
+    assert!(groups > 0 && groups.is_multiple_of(2));
+    assert!(packed.len() >= groups * 64 && weights.len() >= groups * 64);
+    for half in 0..2 {
+        // SAFETY: NEON is part of every aarch64 CPU. The image loads read bytes 32 x half.. +32 of
+        // each group's 64, the weight loads 64 x groups bytes, within the lengths asserted above;
+        // the stores write 8 i32 at pixel 8 x half of each of the four rows of 16.
+        unsafe {
+            std::arch::asm!(
+                "movi v0.4s, #0", "movi v1.4s, #0", "movi v2.4s, #0", "movi v3.4s, #0",
+                "movi v4.4s, #0", "movi v5.4s, #0", "movi v6.4s, #0", "movi v7.4s, #0",
+                "movi v8.4s, #0", "movi v9.4s, #0", "movi v10.4s, #0", "movi v11.4s, #0",
+                "movi v12.4s, #0", "movi v13.4s, #0", "movi v14.4s, #0", "movi v15.4s, #0",
+                widening_pairs!(),
+                "st1 {{v0.4s, v1.4s}}, [{out}]",
+                "add {out}, {out}, #64",
+                "st1 {{v4.4s, v5.4s}}, [{out}]",
+                "add {out}, {out}, #64",
+                "st1 {{v8.4s, v9.4s}}, [{out}]",
+                "add {out}, {out}, #64",
+                "st1 {{v12.4s, v13.4s}}, [{out}]",
+                x = inout(reg) packed.as_ptr().add(32 * half) => _,
+                w = inout(reg) weights.as_ptr() => _,
+                n = inout(reg) groups / 2 => _,
+                step = in(reg) 64usize,
+                out = inout(reg) sums.as_mut_ptr().cast::<i32>().add(8 * half) => _,
+                out("v0") _, out("v1") _, out("v2") _, out("v3") _,
+                out("v4") _, out("v5") _, out("v6") _, out("v7") _,
+                out("v8") _, out("v9") _, out("v10") _, out("v11") _,
+                out("v12") _, out("v13") _, out("v14") _, out("v15") _,
+                out("v16") _, out("v17") _, out("v18") _, out("v19") _,
+                out("v20") _, out("v21") _, out("v22") _, out("v23") _,
+                out("v24") _, out("v25") _, out("v26") _, out("v27") _,
+                out("v28") _, out("v29") _, out("v30") _, out("v31") _,
+                options(nostack),
+            );
+        }
+    }
+}
+
+/// The assembly that requantizes one output's 8 sums of a half-tile, in v`a` and v`b`, with the
+/// scales in v16, the shifts in v17 and the zero point in v18 (8 x i16), and stores the 8 bytes at
+/// {out}, then steps {out} to the next row.
+#[cfg(target_arch = "aarch64")]
+macro_rules! requantize_widening_row {
+    ($a:literal, $b:literal, $r:literal) => {
+        concat!(
+            "dup v19.4s, v17.s[",
+            $r,
+            "]\n",
+            requantize_vector!($a, "16", $r, "19"),
+            requantize_vector!($b, "16", $r, "19"),
+            "sqxtn v20.4h, v",
+            $a,
+            ".4s\n",
+            "sqxtn2 v20.8h, v",
+            $b,
+            ".4s\n",
+            "sqadd v20.8h, v20.8h, v18.8h\n",
+            "sqxtun v20.8b, v20.8h\n",
+            "st1 {{v20.8b}}, [{out}]\n",
+            "add {out}, {out}, {stride}\n",
         )
     };
-    let lane_weights = |w: int32x4_t, lane: usize| {
-        vreinterpretq_s8_s32(match lane {
-            0 => vdupq_laneq_s32::<0>(w),
-            1 => vdupq_laneq_s32::<1>(w),
-            2 => vdupq_laneq_s32::<2>(w),
-            _ => vdupq_laneq_s32::<3>(w),
-        })
-    };
-    for pair in 0..TILE_OUTPUTS / 2 {
-        // acc[lane][q][half]: output 2 x pair + lane, pixels 4q..4q+3, low or high two pixels.
-        let mut acc = [[[vdupq_n_s32(0); 2]; 4]; 2];
-        for g in 0..groups {
-            let (x, w) = load(g);
-            for (lane, acc) in acc.iter_mut().enumerate() {
-                let wo = lane_weights(w, 2 * pair + lane);
-                for (q, acc) in acc.iter_mut().enumerate() {
-                    acc[0] = vpadalq_s16(acc[0], vmull_s8(vget_low_s8(x[q]), vget_low_s8(wo)));
-                    acc[1] = vpadalq_s16(acc[1], vmull_high_s8(x[q], wo));
-                }
-            }
-        }
-        for (lane, acc) in acc.iter().enumerate() {
-            for (q, acc) in acc.iter().enumerate() {
-                let four = vpaddq_s32(acc[0], acc[1]);
-                // SAFETY: pixels 4q..4q+3 of one row of 16.
-                unsafe { vst1q_s32(sums[2 * pair + lane][4 * q..].as_mut_ptr(), four) };
-            }
+}
+
+/// `widening_tile` for a whole tile (the 4 outputs from `first`, 16 pixels), requantized in
+/// registers as `sdot_tile_requantized` does it: each output's sums start from its offset (in the
+/// first of each pair of lanes that the final pairwise add joins), and each half-tile's 8 bytes go
+/// into the four rows of `rows`, `stride` bytes apart.
+#[cfg(target_arch = "aarch64")]
+#[target_feature(enable = "neon")]
+unsafe fn widening_tile_requantized(
+    packed: &[u8],
+    weights: &[i8],
+    groups: usize,
+    requantize: &Requantize,
+    first: usize,
+    rows: &mut [u8],
+    stride: usize,
+) {
+    assert!(groups > 0 && groups.is_multiple_of(2));
+    assert!(packed.len() >= groups * 64 && weights.len() >= groups * 64);
+    assert!(rows.len() >= 3 * stride + TILE_PIXELS);
+    let offsets = &requantize.offset[first..first + TILE_OUTPUTS];
+    let scales = &requantize.scale[first..first + TILE_OUTPUTS];
+    let shifts = &requantize.shift[first..first + TILE_OUTPUTS];
+    for half in 0..2 {
+        // SAFETY: NEON is part of every aarch64 CPU. The loads stay within the lengths asserted
+        // above (and 4 offsets, scales and shifts, checked by the slicing); the four 8-byte stores,
+        // `stride` apart from byte 8 x half, within `rows` (asserted).
+        unsafe {
+            std::arch::asm!(
+                "ld1 {{v16.4s}}, [{offsets}]",
+                "movi v17.4s, #0",
+                "zip1 v18.4s, v16.4s, v17.4s",
+                "zip2 v19.4s, v16.4s, v17.4s",
+                "dup v0.2d, v18.d[0]", "dup v1.2d, v18.d[0]", "dup v2.2d, v18.d[0]", "dup v3.2d, v18.d[0]",
+                "dup v4.2d, v18.d[1]", "dup v5.2d, v18.d[1]", "dup v6.2d, v18.d[1]", "dup v7.2d, v18.d[1]",
+                "dup v8.2d, v19.d[0]", "dup v9.2d, v19.d[0]", "dup v10.2d, v19.d[0]", "dup v11.2d, v19.d[0]",
+                "dup v12.2d, v19.d[1]", "dup v13.2d, v19.d[1]", "dup v14.2d, v19.d[1]", "dup v15.2d, v19.d[1]",
+                widening_pairs!(),
+                "ld1 {{v16.4s}}, [{scales}]",
+                "ld1 {{v17.4s}}, [{shifts}]",
+                "dup v18.8h, {zero:w}",
+                requantize_widening_row!("0", "1", "0"),
+                requantize_widening_row!("4", "5", "1"),
+                requantize_widening_row!("8", "9", "2"),
+                requantize_widening_row!("12", "13", "3"),
+                offsets = in(reg) offsets.as_ptr(),
+                scales = in(reg) scales.as_ptr(),
+                shifts = in(reg) shifts.as_ptr(),
+                zero = in(reg) u32::from(requantize.zero),
+                stride = in(reg) stride,
+                step = in(reg) 64usize,
+                x = inout(reg) packed.as_ptr().add(32 * half) => _,
+                w = inout(reg) weights.as_ptr() => _,
+                n = inout(reg) groups / 2 => _,
+                out = inout(reg) rows.as_mut_ptr().add(8 * half) => _,
+                out("v0") _, out("v1") _, out("v2") _, out("v3") _,
+                out("v4") _, out("v5") _, out("v6") _, out("v7") _,
+                out("v8") _, out("v9") _, out("v10") _, out("v11") _,
+                out("v12") _, out("v13") _, out("v14") _, out("v15") _,
+                out("v16") _, out("v17") _, out("v18") _, out("v19") _,
+                out("v20") _, out("v21") _, out("v22") _, out("v23") _,
+                out("v24") _, out("v25") _, out("v26") _, out("v27") _,
+                out("v28") _, out("v29") _, out("v30") _, out("v31") _,
+                options(nostack),
+            );
         }
     }
 }
@@ -337,13 +626,12 @@ fn portable_tile(packed: &[u8], weights: &[i8], sums: &mut [[i32; TILE_PIXELS]; 
     }
 }
 
-/// The assembly of `sdot_tile`'s loop: {n} channel groups, each 64 image bytes from {x} and 16
-/// weights from {w}, 16 SDOT into v0..v15 (v(4 x lane + q): pixels 4q..4q+3 of output `lane`).
+/// The assembly of one channel group in `sdot_tile`: 64 image bytes from {x} and 16 weights from
+/// {w}, 16 SDOT into v0..v15 (v(4 x lane + q): pixels 4q..4q+3 of output `lane`).
 #[cfg(target_arch = "aarch64")]
-macro_rules! sdot_groups {
+macro_rules! sdot_group {
     () => {
         concat!(
-            "2:\n",
             "ld1 {{v16.16b, v17.16b, v18.16b, v19.16b}}, [{x}], #64\n",
             "ld1 {{v20.16b}}, [{w}], #16\n",
             "sdot v0.4s, v16.16b, v20.4b[0]\n",
@@ -362,8 +650,6 @@ macro_rules! sdot_groups {
             "sdot v13.4s, v17.16b, v20.4b[3]\n",
             "sdot v14.4s, v18.16b, v20.4b[3]\n",
             "sdot v15.4s, v19.16b, v20.4b[3]\n",
-            "subs {n}, {n}, #1\n",
-            "b.ne 2b",
         )
     };
 }
@@ -386,7 +672,7 @@ unsafe fn sdot_tile(
             "movi v4.4s, #0", "movi v5.4s, #0", "movi v6.4s, #0", "movi v7.4s, #0",
             "movi v8.4s, #0", "movi v9.4s, #0", "movi v10.4s, #0", "movi v11.4s, #0",
             "movi v12.4s, #0", "movi v13.4s, #0", "movi v14.4s, #0", "movi v15.4s, #0",
-            sdot_groups!(),
+            two_per_turn!(sdot_group!()),
             "st1 {{v0.4s, v1.4s, v2.4s, v3.4s}}, [{out}], #64",
             "st1 {{v4.4s, v5.4s, v6.4s, v7.4s}}, [{out}], #64",
             "st1 {{v8.4s, v9.4s, v10.4s, v11.4s}}, [{out}], #64",
@@ -414,94 +700,10 @@ macro_rules! requantize_sdot_row {
             "dup v24.4s, v22.s[",
             $r,
             "]\n",
-            "scvtf v",
-            $a,
-            ".4s, v",
-            $a,
-            ".4s\n",
-            "scvtf v",
-            $b,
-            ".4s, v",
-            $b,
-            ".4s\n",
-            "scvtf v",
-            $c,
-            ".4s, v",
-            $c,
-            ".4s\n",
-            "scvtf v",
-            $d,
-            ".4s, v",
-            $d,
-            ".4s\n",
-            "fmul v",
-            $a,
-            ".4s, v",
-            $a,
-            ".4s, v21.s[",
-            $r,
-            "]\n",
-            "fmul v",
-            $b,
-            ".4s, v",
-            $b,
-            ".4s, v21.s[",
-            $r,
-            "]\n",
-            "fmul v",
-            $c,
-            ".4s, v",
-            $c,
-            ".4s, v21.s[",
-            $r,
-            "]\n",
-            "fmul v",
-            $d,
-            ".4s, v",
-            $d,
-            ".4s, v21.s[",
-            $r,
-            "]\n",
-            "fadd v",
-            $a,
-            ".4s, v",
-            $a,
-            ".4s, v24.4s\n",
-            "fadd v",
-            $b,
-            ".4s, v",
-            $b,
-            ".4s, v24.4s\n",
-            "fadd v",
-            $c,
-            ".4s, v",
-            $c,
-            ".4s, v24.4s\n",
-            "fadd v",
-            $d,
-            ".4s, v",
-            $d,
-            ".4s, v24.4s\n",
-            "fcvtns v",
-            $a,
-            ".4s, v",
-            $a,
-            ".4s\n",
-            "fcvtns v",
-            $b,
-            ".4s, v",
-            $b,
-            ".4s\n",
-            "fcvtns v",
-            $c,
-            ".4s, v",
-            $c,
-            ".4s\n",
-            "fcvtns v",
-            $d,
-            ".4s, v",
-            $d,
-            ".4s\n",
+            requantize_vector!($a, "21", $r, "24"),
+            requantize_vector!($b, "21", $r, "24"),
+            requantize_vector!($c, "21", $r, "24"),
+            requantize_vector!($d, "21", $r, "24"),
             "sqxtn v25.4h, v",
             $a,
             ".4s\n",
@@ -553,7 +755,7 @@ unsafe fn sdot_tile_requantized(
             "dup v4.4s, v21.s[1]", "dup v5.4s, v21.s[1]", "dup v6.4s, v21.s[1]", "dup v7.4s, v21.s[1]",
             "dup v8.4s, v21.s[2]", "dup v9.4s, v21.s[2]", "dup v10.4s, v21.s[2]", "dup v11.4s, v21.s[2]",
             "dup v12.4s, v21.s[3]", "dup v13.4s, v21.s[3]", "dup v14.4s, v21.s[3]", "dup v15.4s, v21.s[3]",
-            sdot_groups!(),
+            two_per_turn!(sdot_group!()),
             "ld1 {{v21.4s}}, [{scales}]",
             "ld1 {{v22.4s}}, [{shifts}]",
             "dup v23.8h, {zero:w}",

@@ -10,6 +10,8 @@ mod quantized;
 
 pub(crate) use depthwise::Depthwise3x3;
 pub(crate) use first_layer::*;
+#[cfg(test)]
+pub(crate) use int8_gemm::gemm_i32;
 pub(crate) use int8_gemm::{GemmKind, PackedWeights, gemm_u8};
 pub(crate) use max_pool::MaxPool2x2;
 pub(crate) use pointwise::*;
@@ -142,16 +144,29 @@ impl Window {
     }
 
     /// Copies one planar channel into the image area of `padded`, in rows of the padded width at
-    /// any stride (`pad`'s layout at stride 1); the border, as for `pad`, is the caller's (filled with
-    /// the padding value: 0, or a uint8 input's zero point).
-    pub(crate) fn pad_rows<T: Copy>(&self, src: &[T], padded: &mut [T]) {
+    /// any stride (`pad`'s layout at stride 1), converting each value (e.g. uint8 to i16); the
+    /// border, as for `pad`, is the caller's (filled with the padding value: 0, or a uint8 input's
+    /// zero point).
+    pub(crate) fn pad_rows<S: Copy, T: PadFrom<S>>(&self, src: &[S], padded: &mut [T]) {
         let w = self.input[3];
         let (ph, pw) = self.padded_size();
         let p = self.pad_left;
         let columns = w.min(pw - p);
-        let rows = padded.chunks_exact_mut(pw).take(ph);
-        for (out, line) in rows.skip(self.pad_top).zip(src.chunks_exact(w)) {
-            out[p..p + columns].copy_from_slice(&line[..columns]);
+        let rows = (ph - self.pad_top).min(src.len() / w);
+        let first = self.pad_top * pw + p;
+        if rows == 0 || columns == 0 {
+            return;
+        }
+        // Checked once here rather than row by row.
+        let (src, padded) = (
+            &src[..(rows - 1) * w + columns],
+            &mut padded[..first + (rows - 1) * pw + columns],
+        );
+        for r in 0..rows {
+            T::copy_row(
+                &src[r * w..][..columns],
+                &mut padded[first + r * pw..][..columns],
+            );
         }
     }
 
@@ -171,6 +186,60 @@ impl Window {
             };
             &line(ky)[start..]
         })
+    }
+}
+
+/// How `Window::pad_rows` copies a row of S values into a padded plane of Self values.
+pub(crate) trait PadFrom<S>: Copy {
+    fn copy_row(src: &[S], dst: &mut [Self]);
+}
+
+impl<T: Copy> PadFrom<T> for T {
+    #[inline]
+    fn copy_row(src: &[T], dst: &mut [T]) {
+        dst.copy_from_slice(src);
+    }
+}
+
+/// Widened: the uint8 depthwise kernel at stride 1 reads 16-bit values.
+impl PadFrom<u8> for i16 {
+    #[inline]
+    fn copy_row(src: &[u8], dst: &mut [i16]) {
+        assert_eq!(src.len(), dst.len());
+        #[cfg(target_arch = "aarch64")]
+        if src.len() >= 4 {
+            let n = src.len();
+            use std::arch::aarch64::*;
+            // The rows are short (7 to 56 values here): whole chunks of 8 (or of 4 below 8) and a
+            // last chunk that ends at the row's end, overlapping the one before, instead of a
+            // scalar tail.
+            let chunk = if n >= 8 { 8 } else { 4 };
+            let last = n - chunk;
+            let mut at = 0;
+            loop {
+                let start = at.min(last);
+                // SAFETY: NEON is part of every aarch64 CPU; start + chunk <= n, the length of
+                // both slices (asserted).
+                unsafe {
+                    let (from, to) = (src.as_ptr().add(start), dst.as_mut_ptr().add(start));
+                    if chunk == 8 {
+                        vst1q_s16(to, vreinterpretq_s16_u16(vmovl_u8(vld1_u8(from))));
+                    } else {
+                        let four = vld1_lane_u32::<0>(from.cast(), vdup_n_u32(0));
+                        let wide = vmovl_u8(vreinterpret_u8_u32(four));
+                        vst1_s16(to, vreinterpret_s16_u16(vget_low_u16(wide)));
+                    }
+                }
+                if start == last {
+                    break;
+                }
+                at += chunk;
+            }
+            return;
+        }
+        for (d, &v) in dst.iter_mut().zip(src) {
+            *d = i16::from(v);
+        }
     }
 }
 

@@ -194,7 +194,15 @@ impl EvalOp for QuantizedDepthwise {
             ow
         };
         let mut computed = vec![0u8; computed_len.next_multiple_of(DEPTHWISE_BLOCK)];
-        let mut padded = vec![self.input_zero; ph * pw + 3 * DEPTHWISE_BLOCK];
+        // Stride 1 reads its padded plane widened to 16 bits (one conversion per input value
+        // instead of one per tap); stride 2 reads bytes, split into even and odd columns as loaded.
+        let slack = 3 * DEPTHWISE_BLOCK;
+        let zero = self.input_zero;
+        let (mut padded, mut widened) = if window.stride == 1 {
+            (Vec::new(), vec![i16::from(zero); ph * pw + slack])
+        } else {
+            (vec![zero; ph * pw + slack], Vec::new())
+        };
         // SAFETY: u8 has no invalid bit patterns, and every output row is copied into below.
         let mut out = unsafe { Tensor::uninitialized::<u8>(&window.output_shape)? };
         let planes = data
@@ -203,15 +211,16 @@ impl EvalOp for QuantizedDepthwise {
         for (i, (src, dst)) in planes.enumerate() {
             let ch = i % c;
             let k: &[i16; 9] = self.kernel[ch * 9..][..9].try_into()?;
-            window.pad_rows(src, &mut padded);
             if window.stride == 1 {
-                let sources = std::array::from_fn(|t| &padded[(t / 3) * pw + t % 3..]);
+                window.pad_rows(src, &mut widened);
+                let sources = std::array::from_fn(|t| &widened[(t / 3) * pw + t % 3..]);
                 depthwise_blocks(&mut computed, sources, k, &self.requantize, ch);
                 for (row, plane_row) in dst.chunks_exact_mut(ow).zip(computed.chunks(pw)) {
                     row.copy_from_slice(&plane_row[..ow]);
                 }
                 continue;
             }
+            window.pad_rows(src, &mut padded);
             for (oy, row) in dst.chunks_exact_mut(ow).enumerate() {
                 let rows = std::array::from_fn(|ky| &padded[(2 * oy + ky) * pw..]);
                 depthwise_blocks_stride2(&mut computed, rows, k, &self.requantize, ch);
@@ -229,7 +238,7 @@ const DEPTHWISE_BLOCK: usize = 8;
 /// at least as long.
 fn depthwise_blocks(
     out: &mut [u8],
-    sources: [&[u8]; 9],
+    sources: [&[i16]; 9],
     k: &[i16; 9],
     requantize: &Requantize,
     ch: usize,
@@ -275,9 +284,9 @@ mod portable {
     const CHUNK: usize = 64;
 
     /// out[i] = requantized sum of k[t] * taps[t].0[i * taps[t].1] (the second: the stride).
-    pub(super) fn depthwise(
+    pub(super) fn depthwise<T: Copy + Into<i32>>(
         out: &mut [u8],
-        taps: [(&[u8], usize); 9],
+        taps: [(&[T], usize); 9],
         k: &[i16; 9],
         requantize: &Requantize,
         ch: usize,
@@ -296,9 +305,9 @@ mod portable {
     /// The CPU must support AVX2.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
-    unsafe fn depthwise_avx2(
+    unsafe fn depthwise_avx2<T: Copy + Into<i32>>(
         out: &mut [u8],
-        taps: [(&[u8], usize); 9],
+        taps: [(&[T], usize); 9],
         k: &[i16; 9],
         requantize: &Requantize,
         ch: usize,
@@ -307,9 +316,9 @@ mod portable {
     }
 
     #[inline(always)]
-    fn chunks(
+    fn chunks<T: Copy + Into<i32>>(
         out: &mut [u8],
-        taps: [(&[u8], usize); 9],
+        taps: [(&[T], usize); 9],
         k: &[i16; 9],
         requantize: &Requantize,
         ch: usize,
@@ -324,12 +333,12 @@ mod portable {
                 if *stride == 1 {
                     let source = &source[start..start + sums.len()];
                     for (s, &x) in sums.iter_mut().zip(source) {
-                        *s += w * i32::from(x);
+                        *s += w * x.into();
                     }
                 } else {
                     let source = &source[start * stride..];
                     for (s, &x) in sums.iter_mut().zip(source.iter().step_by(*stride)) {
-                        *s += w * i32::from(x);
+                        *s += w * x.into();
                     }
                 }
             }
@@ -667,11 +676,11 @@ mod neon {
     }
 
     /// The depthwise sums of `out.len()` outputs (a multiple of 8; every source as long), requantized:
-    /// per block of 8, each tap is a load of 8 bytes, a widening to 16 bits and two multiply-adds
-    /// into 32-bit sums (a product fits 16 bits: 255 x 127); then the requantization, 8 at a time.
+    /// per block of 8, each tap is a load of 8 values (uint8 already widened to 16 bits) and two
+    /// multiply-adds into 32-bit sums (a product fits 16 bits: 255 x 127); then the requantization.
     pub(super) fn depthwise_blocks(
         out: &mut [u8],
-        sources: [&[u8]; 9],
+        sources: [&[i16]; 9],
         k: &[i16; 9],
         requantize: &super::Requantize,
         ch: usize,
@@ -682,50 +691,41 @@ mod neon {
         let p = sources.map(|s| s.as_ptr());
         let (taps, last_tap) = tap_vectors(k);
         for block in (0..len).step_by(8) {
-            // SAFETY: NEON is part of every aarch64 CPU; each source has `len` bytes (asserted), so
-            // the 8 read at `block` are inside it, and 8 bytes are written inside `out`. The
-            // assembly only reads those bytes and writes its register operands.
+            // SAFETY: NEON is part of every aarch64 CPU; each source has `len` values (asserted), so
+            // the 8 read at `block` (byte offset 2 x block) are inside it, and 8 bytes are written
+            // inside `out`. The assembly only reads those values and writes its register operands.
             unsafe {
                 let mut low = vdupq_n_s32(offset);
                 let mut high = low;
                 // Written out because the compiler turns the intrinsics' widening multiply-add
-                // (SMLAL by element) into a widening to 32 bits and a 32-bit multiply-add: two
-                // instructions more per tap.
+                // (SMLAL by element) into a widening to 32 bits and a 32-bit multiply-add: one
+                // instruction more per tap.
                 std::arch::asm!(
-                    "ldr {x0:d}, [{p0}, {b}]",
-                    "ldr {x1:d}, [{p1}, {b}]",
-                    "ushll {x0:v}.8h, {x0:v}.8b, #0",
-                    "ushll {x1:v}.8h, {x1:v}.8b, #0",
+                    "ldr {x0:q}, [{p0}, {b}]",
+                    "ldr {x1:q}, [{p1}, {b}]",
                     "smlal {lo:v}.4s, {x0:v}.4h, {k:v}.h[0]",
                     "smlal2 {hi:v}.4s, {x0:v}.8h, {k:v}.h[0]",
-                    "ldr {x0:d}, [{p2}, {b}]",
+                    "ldr {x0:q}, [{p2}, {b}]",
                     "smlal {lo:v}.4s, {x1:v}.4h, {k:v}.h[1]",
                     "smlal2 {hi:v}.4s, {x1:v}.8h, {k:v}.h[1]",
-                    "ldr {x1:d}, [{p3}, {b}]",
-                    "ushll {x0:v}.8h, {x0:v}.8b, #0",
-                    "ushll {x1:v}.8h, {x1:v}.8b, #0",
+                    "ldr {x1:q}, [{p3}, {b}]",
                     "smlal {lo:v}.4s, {x0:v}.4h, {k:v}.h[2]",
                     "smlal2 {hi:v}.4s, {x0:v}.8h, {k:v}.h[2]",
-                    "ldr {x0:d}, [{p4}, {b}]",
+                    "ldr {x0:q}, [{p4}, {b}]",
                     "smlal {lo:v}.4s, {x1:v}.4h, {k:v}.h[3]",
                     "smlal2 {hi:v}.4s, {x1:v}.8h, {k:v}.h[3]",
-                    "ldr {x1:d}, [{p5}, {b}]",
-                    "ushll {x0:v}.8h, {x0:v}.8b, #0",
-                    "ushll {x1:v}.8h, {x1:v}.8b, #0",
+                    "ldr {x1:q}, [{p5}, {b}]",
                     "smlal {lo:v}.4s, {x0:v}.4h, {k:v}.h[4]",
                     "smlal2 {hi:v}.4s, {x0:v}.8h, {k:v}.h[4]",
-                    "ldr {x0:d}, [{p6}, {b}]",
+                    "ldr {x0:q}, [{p6}, {b}]",
                     "smlal {lo:v}.4s, {x1:v}.4h, {k:v}.h[5]",
                     "smlal2 {hi:v}.4s, {x1:v}.8h, {k:v}.h[5]",
-                    "ldr {x1:d}, [{p7}, {b}]",
-                    "ushll {x0:v}.8h, {x0:v}.8b, #0",
-                    "ushll {x1:v}.8h, {x1:v}.8b, #0",
+                    "ldr {x1:q}, [{p7}, {b}]",
                     "smlal {lo:v}.4s, {x0:v}.4h, {k:v}.h[6]",
                     "smlal2 {hi:v}.4s, {x0:v}.8h, {k:v}.h[6]",
-                    "ldr {x0:d}, [{p8}, {b}]",
+                    "ldr {x0:q}, [{p8}, {b}]",
                     "smlal {lo:v}.4s, {x1:v}.4h, {k:v}.h[7]",
                     "smlal2 {hi:v}.4s, {x1:v}.8h, {k:v}.h[7]",
-                    "ushll {x0:v}.8h, {x0:v}.8b, #0",
                     "smlal {lo:v}.4s, {x0:v}.4h, {k8:v}.h[0]",
                     "smlal2 {hi:v}.4s, {x0:v}.8h, {k8:v}.h[0]",
                     p0 = in(reg) p[0],
@@ -737,7 +737,7 @@ mod neon {
                     p6 = in(reg) p[6],
                     p7 = in(reg) p[7],
                     p8 = in(reg) p[8],
-                    b = in(reg) block,
+                    b = in(reg) 2 * block,
                     k = in(vreg_low16) taps,
                     k8 = in(vreg_low16) last_tap,
                     lo = inout(vreg) low,
