@@ -210,9 +210,9 @@ def int8_qdq(model: onnx.ModelProto, reader: CropReader, out: pathlib.Path) -> N
         )
 
 
-def check_against_base(base: pathlib.Path, variant: pathlib.Path, crops: list[dict], bound: float) -> None:
+def check_against_base(base: pathlib.Path, variant: pathlib.Path, crops: list[dict], bound: float) -> float:
     """Embeds the crops with both models in onnxruntime and refuses a variant whose mean cosine to the
-    base's embeddings is under `bound`."""
+    base's embeddings is under `bound`; returns that mean."""
     import onnxruntime
 
     def embed(path: pathlib.Path) -> np.ndarray:
@@ -225,10 +225,13 @@ def check_against_base(base: pathlib.Path, variant: pathlib.Path, crops: list[di
     if cosines.mean() < bound:
         variant.unlink()
         fail(f"mean cosine {cosines.mean():.5f} is under {bound}: this variant would not recognise the same people; nothing written")
+    return float(cosines.mean())
 
 
-def variant_manifest(base_text: str, manifest: dict, method: str, weights: pathlib.Path, command: str) -> str:
-    """The base manifest with a new id, description, weights and sha256, and a [variant] table."""
+def variant_manifest(base_text: str, manifest: dict, method: str, weights: pathlib.Path, command: str,
+                     checked_cosine: float | None) -> str:
+    """The base manifest with a new id, description, weights and sha256, and a [variant] table (with the
+    check's mean cosine to the base when there was one)."""
     replacements = {
         "id": f"{manifest['id']}-{method}",
         "description": f"{manifest['description']} ({method} variant)",
@@ -257,8 +260,10 @@ def variant_manifest(base_text: str, manifest: dict, method: str, weights: pathl
         f"base = {quote(manifest['id'])}",
         f"method = {quote(method)}",
         f"made_by = {quote(command)}",
-        "",
     ]
+    if checked_cosine is not None:
+        lines.append(f"checked_cosine = {checked_cosine:.5f}")
+    lines.append("")
     return "\n".join(lines)
 
 
@@ -300,8 +305,9 @@ def main() -> None:
         int8_qdq(model, calibration, partial)
     onnx.checker.check_model(str(partial))
     check = CropReader(args.check, manifest, input_name, args.limit) if args.check else calibration
+    checked_cosine = None
     if check is not None:
-        check_against_base(weights, partial, check.inputs, args.min_cosine)
+        checked_cosine = check_against_base(weights, partial, check.inputs, args.min_cosine)
     else:
         print("no --check or --calibration crops: the variant was not compared with the base model")
     partial.replace(out)
@@ -311,7 +317,7 @@ def main() -> None:
         + (["--calibration", str(args.calibration), "--limit", str(args.limit)] if args.method == "int8-qdq" else [])
     )
     manifest_out = out_dir / f"{manifest['id']}-{args.method}.toml"
-    manifest_out.write_text(variant_manifest(base_text, manifest, args.method, out, command))
+    manifest_out.write_text(variant_manifest(base_text, manifest, args.method, out, command, checked_cosine))
     print(f"{out}: {out.stat().st_size} bytes (base {weights.stat().st_size}), sha256 {sha256_of(out)}")
     print(f"{manifest_out}: manifest for id {manifest['id']}-{args.method}")
 

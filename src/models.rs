@@ -6,7 +6,7 @@ use face_edge_core::ModelError;
 use face_edge_core::detect::{DetectSettings, Detector};
 use face_edge_core::embed::Embedder;
 use face_edge_core::inference::{Kernels, Precision, VerifiedWeights};
-use face_edge_core::manifest::{Manifest, ManifestError, Role};
+use face_edge_core::manifest::{Manifest, ManifestError, Role, checked_int8_variants};
 use face_edge_core::pipeline::FacePipeline;
 use sha1::Digest as _;
 use std::collections::BTreeMap;
@@ -114,6 +114,34 @@ pub enum WeightsStatus {
     Verified { sha256: String, size: u64 },
     Missing,
     Bad(String),
+}
+
+/// Which embedder runs (`Catalog::embedder_for`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct EmbedderChoice {
+    pub id: String,
+    /// Set when a checked variant runs in place of the configured embedder.
+    pub replaces: Option<Replacement>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Replacement {
+    /// The configured embedder.
+    pub base: String,
+    /// The variant's recorded check (mean cosine to the base).
+    pub checked_cosine: f32,
+}
+
+impl EmbedderChoice {
+    /// One line for logs and command output when a variant replaces the configured embedder.
+    pub fn note(&self) -> Option<String> {
+        self.replaces.as_ref().map(|r| {
+            format!(
+                "embedder {}: running its checked int8 variant {} (mean cosine {:.4} to it on the check crops); models.variant = \"none\" runs {} itself",
+                r.base, self.id, r.checked_cosine, r.base
+            )
+        })
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -236,6 +264,37 @@ impl Catalog {
             bytes,
             sha256,
         })
+    }
+
+    /// The embedder that runs for `configured`: with `allow_variant` and f32, the best checked
+    /// int8-qdq variant of it whose weights verify (`checked_int8_variants`); else `configured`.
+    pub fn embedder_for(
+        &self,
+        configured: &str,
+        precision: Precision,
+        allow_variant: bool,
+    ) -> EmbedderChoice {
+        let named = EmbedderChoice {
+            id: configured.to_string(),
+            replaces: None,
+        };
+        if !allow_variant || precision != Precision::F32 {
+            return named;
+        }
+        checked_int8_variants(self.manifests(), configured)
+            .into_iter()
+            .find(|m| matches!(self.status(m), WeightsStatus::Verified { .. }))
+            .map_or(named, |m| EmbedderChoice {
+                id: m.id.clone(),
+                replaces: Some(Replacement {
+                    base: configured.to_string(),
+                    checked_cosine: m
+                        .variant
+                        .as_ref()
+                        .and_then(|v| v.checked_cosine)
+                        .unwrap_or_default(),
+                }),
+            })
     }
 
     pub fn status(&self, m: &Manifest) -> WeightsStatus {

@@ -140,8 +140,19 @@ pub fn quantize(
         .manifest_text(&manifest.id)
         .context("the base manifest's text is not known")?;
     let made_by = made_by(id, options);
-    let text = variant_manifest(base_text, manifest, &weights_name, &sha256, &made_by);
-    let variant_manifest = Manifest::parse(&text, &format!("the manifest made for {variant_id}"))?;
+    let manifest_for = |checked_cosine| {
+        variant_manifest(
+            base_text,
+            manifest,
+            &weights_name,
+            &sha256,
+            &made_by,
+            checked_cosine,
+        )
+    };
+    let unchecked = manifest_for(None);
+    let variant_manifest =
+        Manifest::parse(&unchecked, &format!("the manifest made for {variant_id}"))?;
     let weights_path = out_dir.join(&weights_name);
     let variant_weights = VerifiedWeights {
         path: weights_path.clone(),
@@ -172,6 +183,10 @@ pub fn quantize(
             options.min_cosine
         );
     }
+
+    // The check passed: the manifest records it, so that the variant may run in the base's place
+    // (`models.variant`).
+    let text = manifest_for(Some(mean_cosine));
 
     // The weights first: a manifest never names a file that is not there yet. Each through a
     // temporary file, fsync and rename (an interrupted run leaves the old file or none), readable
@@ -261,6 +276,7 @@ fn variant_manifest(
     weights_name: &str,
     sha256: &str,
     made_by: &str,
+    checked_cosine: Option<f32>,
 ) -> String {
     let mut lines = vec![format!(
         "# Made by `{made_by}` on this machine: int8 per-channel weights, uint8 activations calibrated\n# (min/max) on the crops named there. Not to be shared where the base model's licence forbids it."
@@ -299,8 +315,11 @@ fn variant_manifest(
         format!("base = {}", quote(&base.id)),
         format!("method = {}", quote(METHOD)),
         format!("made_by = {}", quote(made_by)),
-        String::new(),
     ]);
+    if let Some(c) = checked_cosine {
+        lines.push(format!("checked_cosine = {c:.5}"));
+    }
+    lines.push(String::new());
     lines.join("\n")
 }
 

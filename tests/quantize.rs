@@ -1,7 +1,8 @@
 //! `face-edge models quantize`: the int8 QDQ variant made by face-edge itself (no Python) keeps
 //! MobileFaceNet's accuracy, agrees with the variant onnxruntime's quantizer makes from the same
-//! crops (models/quantize.py, when `FACE_EDGE_TEST_VARIANTS_DIR` holds it), runs as the default
-//! model's architecture, and a variant that fails its check, or bad input, writes nothing.
+//! crops (models/quantize.py, when `FACE_EDGE_TEST_VARIANTS_DIR` holds it), runs in its base's
+//! place when the configuration names the base (`models.variant`), runs as the default model's
+//! architecture, and a variant that fails its check, or bad input, writes nothing.
 
 mod common;
 
@@ -49,6 +50,34 @@ fn files_in(dir: &Path) -> Vec<String> {
     names
 }
 
+/// The embedder `face-edge gallery check` loads for a configuration naming `embedder` (plus
+/// `extra` lines in `[models]`) over the models in `dir`: the id of its "model ...: ok" line.
+fn configured_embedder(dir: &TempDir, embedder: &str, extra: &str) -> String {
+    let tmp = TempDir::new("variant-config");
+    let config = tmp.path("face-edge.toml");
+    let obama = data("photos/gallery/obama");
+    std::fs::write(
+        &config,
+        format!(
+            "state_dir = \"state\"\n[models]\nembedder = \"{embedder}\"\n{extra}\n[[person]]\nid = \"obama\"\nimages = [\"{}/*.jpg\"]\n",
+            obama.display()
+        ),
+    )
+    .unwrap();
+    let mut cmd = face_edge();
+    cmd.env("FACE_EDGE_MODELS_DIR", &dir.0)
+        .args(["gallery", "check", "--config"])
+        .arg(&config);
+    let (code, stdout, stderr) = run(&mut cmd);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let models: Vec<&str> = stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("model ")?.strip_suffix(": ok"))
+        .collect();
+    assert_eq!(models.len(), 2, "detector and embedder: {stdout}");
+    models[1].to_string()
+}
+
 fn embeddings(dir: &TempDir, id: &str, crops: &[String]) -> Vec<Vec<f32>> {
     let mut cmd = face_edge();
     cmd.env("FACE_EDGE_MODELS_DIR", &dir.0);
@@ -76,6 +105,12 @@ fn mobilefacenet_quantized_here_keeps_its_accuracy() {
     let variant = manifest.variant.as_ref().unwrap();
     assert_eq!(variant.base, "mobilefacenet");
     assert_eq!(variant.method, VariantMethod::Int8Qdq);
+    // The check is recorded, to 5 decimals as reported.
+    let recorded = variant.checked_cosine.unwrap();
+    assert!(
+        (recorded - held_out).abs() < 1e-5,
+        "{recorded} vs {held_out}"
+    );
     assert!(
         variant
             .made_by
@@ -105,6 +140,21 @@ fn mobilefacenet_quantized_here_keeps_its_accuracy() {
         crops.len()
     );
     assert!(mean >= 0.99, "{cosines:?}");
+
+    // A configuration naming the base runs the checked variant, unless it says not to.
+    assert_eq!(
+        configured_embedder(&dir, "mobilefacenet", ""),
+        "mobilefacenet-int8-qdq"
+    );
+    assert_eq!(
+        configured_embedder(&dir, "mobilefacenet", "variant = \"none\""),
+        "mobilefacenet"
+    );
+    assert_eq!(
+        configured_embedder(&dir, "mobilefacenet", "precision = \"f16\""),
+        "mobilefacenet",
+        "a precision other than f32 is a choice of the model too"
+    );
 
     match std::env::var_os("FACE_EDGE_TEST_VARIANTS_DIR") {
         Some(reference) => {
@@ -160,6 +210,12 @@ fn the_default_models_architecture_quantizes_and_runs() {
     let (_, mean, _) = agreement(&base, &ours);
     println!("stand-in int8-qdq: cosine to f32 on 2 golden crops: {mean:.5}");
     assert!(mean >= 0.5);
+    // Its check passed only the bound given here, under the one for running in the base's place.
+    assert!(reported_mean(&stdout) < 0.98, "{stdout}");
+    assert_eq!(
+        configured_embedder(&dir, "japanese-face-v1-standin", ""),
+        "japanese-face-v1-standin"
+    );
 }
 
 #[test]

@@ -75,7 +75,7 @@ fn run_aligned(args: &EmbedArgs) -> anyhow::Result<ExitCode> {
     let catalog = args.models.catalog(&config)?;
     let embedder = load_embedder(
         &catalog,
-        args.embedder.id(&config),
+        &args.embedder.choose(&config, &catalog).id,
         args.embedder.precision(&config),
     )?;
     Ok(embed_each(args, embedder.id(), |path| {

@@ -196,7 +196,7 @@ fn run_list(options: &GalleryOptions) -> anyhow::Result<ExitCode> {
         "model: {} (weights sha256 {}), detector {}",
         data.key.embedder, data.key.weights_sha256, data.key.detector
     );
-    let configured = options.embedder.id(&config);
+    let configured = options.embedder.choose(&config, &catalog).id;
     if configured != data.key.embedder {
         println!(
             "note: the configuration now names embedder {configured}; run `face-edge gallery sync`"
@@ -246,9 +246,14 @@ fn run_check(options: &GalleryOptions) -> anyhow::Result<ExitCode> {
     }
     let catalog = options.models.catalog(&config)?;
     let mut hashes = Vec::new();
+    let choice = options.embedder.choose(&config, &catalog);
+    if let Some(note) = choice.note() {
+        println!("note: {note}");
+    }
+    let embedder = choice.id;
     for (id, role) in [
         (options.models.detector_id(&config), Role::Detector),
-        (options.embedder.id(&config), Role::Embedder),
+        (embedder.as_str(), Role::Embedder),
     ] {
         match catalog
             .get_role(id, role)

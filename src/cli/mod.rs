@@ -14,10 +14,10 @@ mod profile;
 mod run;
 
 use clap::{Args, Parser, Subcommand};
-use face_edge::config::Config;
+use face_edge::config::{Config, VariantChoice};
 use face_edge::detect::DetectSettings;
 use face_edge::inference::Precision;
-use face_edge::models::{Catalog, MODELS_DIR_ENV};
+use face_edge::models::{Catalog, EmbedderChoice, MODELS_DIR_ENV};
 use face_edge::pipeline::FacePipeline;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -120,7 +120,7 @@ impl ModelOptions {
             &catalog,
             self.detector_id(config),
             &self.detect_settings(config)?,
-            embedder.id(config),
+            &embedder.choose(config, &catalog).id,
             embedder.precision(config),
         )?;
         Ok((catalog, pipeline))
@@ -140,8 +140,25 @@ pub struct EmbedderOption {
 }
 
 impl EmbedderOption {
-    pub fn id<'a>(&'a self, config: &'a Config) -> &'a str {
-        self.model.as_deref().unwrap_or(&config.models.embedder)
+    /// `--model` exactly; else the config's embedder, or its checked int8 variant as the service
+    /// would run it (`Catalog::embedder_for`, logged when it replaces the embedder).
+    pub fn choose(&self, config: &Config, catalog: &Catalog) -> EmbedderChoice {
+        if let Some(id) = &self.model {
+            return EmbedderChoice {
+                id: id.clone(),
+                replaces: None,
+            };
+        }
+        let models = &config.models;
+        let choice = catalog.embedder_for(
+            &models.embedder,
+            self.precision(config),
+            models.variant == VariantChoice::CheckedInt8Qdq,
+        );
+        if let Some(note) = choice.note() {
+            log::info!("{note}");
+        }
+        choice
     }
 
     pub fn precision(&self, config: &Config) -> Precision {

@@ -17,7 +17,7 @@ pub struct RunArgs {
     /// /var/lib/face-edge/models].
     #[arg(long, env = MODELS_DIR_ENV)]
     models_dir: Option<PathBuf>,
-    /// Embedder model id, overriding the config.
+    /// Embedder model id, overriding the config (run exactly: not a checked variant of it).
     #[arg(long)]
     model: Option<String>,
     /// Gallery directory (one sub-directory per person), overriding the config's.

@@ -236,6 +236,9 @@ pub struct ModelsConfig {
     /// The embedder's arithmetic: "f32", or "f16" on CPUs with half-precision arithmetic.
     #[serde(default)]
     pub precision: Precision,
+    /// Whether a checked int8 variant of `embedder` runs in its place.
+    #[serde(default)]
+    pub variant: VariantChoice,
 }
 
 impl Default for ModelsConfig {
@@ -245,8 +248,21 @@ impl Default for ModelsConfig {
             detector: default_detector(),
             embedder: default_embedder(),
             precision: Precision::F32,
+            variant: VariantChoice::default(),
         }
     }
+}
+
+/// `models.variant`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum VariantChoice {
+    /// The embedder's int8-qdq variant when the models directory has one whose recorded check
+    /// passed and whose weights verify (and the precision is f32); else the embedder itself.
+    #[default]
+    CheckedInt8Qdq,
+    /// Exactly the embedder named.
+    None,
 }
 
 fn default_detector() -> String {

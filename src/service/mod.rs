@@ -9,7 +9,7 @@ pub mod health;
 mod worker;
 
 use crate::camera::{Capture, FrameBoard};
-use crate::config::{CameraConfig, Config, FilesCamera};
+use crate::config::{CameraConfig, Config, FilesCamera, VariantChoice};
 use crate::enrol::load_gallery;
 use crate::events::{Topics, slug};
 use crate::models::{Catalog, load_pipeline};
@@ -60,7 +60,9 @@ impl ConfigSource {
         };
         let o = &self.overrides;
         if let Some(e) = &o.embedder {
+            // A model named on the command line runs as named, not a variant of it.
             config.models.embedder = e.clone();
+            config.models.variant = VariantChoice::None;
         }
         if let Some(g) = &o.gallery {
             config.gallery.dir = Some(g.clone());
@@ -201,12 +203,21 @@ fn pipeline_for(config: &Config, overrides: &Overrides) -> anyhow::Result<FacePi
         overrides.models_dir.as_deref(),
         config.models.dir.as_deref(),
     ))?;
+    let models = &config.models;
+    let embedder = catalog.embedder_for(
+        &models.embedder,
+        models.precision,
+        models.variant == VariantChoice::CheckedInt8Qdq,
+    );
+    if let Some(note) = embedder.note() {
+        log::info!("{note}");
+    }
     Ok(load_pipeline(
         &catalog,
-        &config.models.detector,
+        &models.detector,
         &config.detection,
-        &config.models.embedder,
-        config.models.precision,
+        &embedder.id,
+        models.precision,
     )?)
 }
 

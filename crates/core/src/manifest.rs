@@ -70,6 +70,37 @@ pub struct Variant {
     pub method: VariantMethod,
     /// The command that made the weights, so a user without them can make the same file.
     pub made_by: String,
+    /// The mean cosine of the variant's embeddings to the base model's on the crops its maker
+    /// checked it on (`face-edge models quantize`: held-out crops). A variant that records one of at
+    /// least `MIN_CHECKED_COSINE` may run in its base's place (`checked_int8_variants`).
+    #[serde(default)]
+    pub checked_cosine: Option<f32>,
+}
+
+/// The lowest recorded check for an int8 variant to run in place of its base by default: the
+/// threshold `face-edge models quantize` and models/quantize.py refuse variants under unless told
+/// otherwise.
+pub const MIN_CHECKED_COSINE: f32 = 0.98;
+
+/// The int8-qdq variants of embedder `base` among `manifests` whose recorded check passed
+/// (`MIN_CHECKED_COSINE`), the best checked first (ties by id, so the choice never depends on
+/// order). Whether their weights are present is the caller's to see.
+pub fn checked_int8_variants<'a>(
+    manifests: impl IntoIterator<Item = &'a Manifest>,
+    base: &str,
+) -> Vec<&'a Manifest> {
+    let mut found: Vec<(&Manifest, f32)> = manifests
+        .into_iter()
+        .filter(|m| m.role == Role::Embedder)
+        .filter_map(|m| {
+            let v = m.variant.as_ref()?;
+            let cosine = v.checked_cosine?;
+            (v.base == base && v.method == VariantMethod::Int8Qdq && cosine >= MIN_CHECKED_COSINE)
+                .then_some((m, cosine))
+        })
+        .collect();
+    found.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.id.cmp(&b.0.id)));
+    found.into_iter().map(|(m, _)| m).collect()
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -295,6 +326,14 @@ impl Manifest {
                 format!("{:?} must be the id of the model it was made from", v.base),
             ));
         }
+        if let Some(c) = self.variant.as_ref().and_then(|v| v.checked_cosine)
+            && !(-1.0..=1.0).contains(&c)
+        {
+            return Err((
+                "variant.checked_cosine",
+                format!("{c} is not a cosine (-1 to 1)"),
+            ));
+        }
         Ok(())
     }
 
@@ -515,6 +554,38 @@ mod tests {
         let bad = text.replace("base = \"mobilefacenet\"", "base = \"Mobile FaceNet\"");
         let err = Manifest::parse(&bad, "v.toml").unwrap_err().to_string();
         assert!(err.contains("variant.base"), "{err}");
+    }
+
+    #[test]
+    fn only_a_checked_int8_qdq_variant_of_the_base_may_replace_it() {
+        let base = include_str!("../../../models/mobilefacenet-int8-qdq.toml");
+        let with = |id: &str, extra: &str| {
+            let text = base
+                .replace("id = \"mobilefacenet-int8-qdq\"", &format!("id = \"{id}\""))
+                .replace("[variant]", &format!("[variant]\n{extra}"));
+            Manifest::parse(&text, id).unwrap()
+        };
+        let unchecked = with("a", "");
+        let low = with("b", "checked_cosine = 0.97");
+        let good = with("c", "checked_cosine = 0.99");
+        let better = with("d", "checked_cosine = 0.995");
+        let weights_only = {
+            let text = include_str!("../../../models/mobilefacenet-int8-weights.toml")
+                .replace("[variant]", "[variant]\nchecked_cosine = 0.999");
+            Manifest::parse(&text, "w").unwrap()
+        };
+        let all = [&unchecked, &low, &good, &better, &weights_only];
+        let ids = |base: &str| -> Vec<String> {
+            checked_int8_variants(all.iter().copied(), base)
+                .iter()
+                .map(|m| m.id.clone())
+                .collect()
+        };
+        assert_eq!(ids("mobilefacenet"), ["d", "c"]);
+        assert!(ids("japanese-face-v1").is_empty());
+        let bad = base.replace("[variant]", "[variant]\nchecked_cosine = 1.5");
+        let err = Manifest::parse(&bad, "v.toml").unwrap_err().to_string();
+        assert!(err.contains("variant.checked_cosine"), "{err}");
     }
 
     #[test]
