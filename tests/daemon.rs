@@ -1088,3 +1088,71 @@ fn a_stalled_noisy_helper_that_ignores_sigterm_is_restarted_bounded_and_killed()
         );
     }
 }
+
+/// Waits until the file at `path` holds `needle`; panics with its text after `patience`.
+fn wait_for_line(path: &std::path::Path, needle: &str, patience: Duration) -> String {
+    let start = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.contains(needle) {
+            return text;
+        }
+        assert!(start.elapsed() < patience, "no {needle:?} in:\n{text}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_checked_variant_made_while_running_takes_over_at_reload() {
+    let dir = TempDir::new("variant-reload");
+    std::fs::create_dir_all(dir.path("nothing")).unwrap();
+    // The shared models, linked into a directory `models quantize` can write into.
+    let models = common::models_dir_plus(&dir.path("nothing"));
+    let people = dir.path("people");
+    std::fs::create_dir_all(people.join("obama")).unwrap();
+    std::fs::copy(
+        gallery().join("obama/obama.jpg"),
+        people.join("obama/obama.jpg"),
+    )
+    .unwrap();
+    let frames = write_frames(&dir, &[(Some("probes/obama1.jpg"), 10)]);
+    let camera = format!(
+        "[[camera]]\nname = \"hall\"\nkind = \"files\"\npath = \"{}\"\nloop = true\nfps = 5\ndetect_fps = 5\n",
+        frames.display()
+    );
+    let cfg = config(&dir, &people, &camera, None, "");
+    let log = dir.path("stderr.log");
+    let child = face_edge()
+        .env("FACE_EDGE_MODELS_DIR", &models.0)
+        .env("RUST_LOG", "info")
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    wait_for_line(&log, "embedder mobilefacenet\n", patience(60));
+
+    let (code, stdout, stderr) = common::run(
+        face_edge()
+            .env("FACE_EDGE_MODELS_DIR", &models.0)
+            .args(["models", "quantize", "mobilefacenet", "--calibration"])
+            .arg(data("golden/crops"))
+            .arg("--out-dir")
+            .arg(&models.0),
+    );
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    send_signal(child.id(), "HUP");
+    wait_for_line(
+        &log,
+        "embedder mobilefacenet: running its checked int8 variant mobilefacenet-int8-qdq",
+        patience(60),
+    );
+    send_signal(child.id(), "TERM");
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        std::fs::read_to_string(&log).unwrap()
+    );
+}

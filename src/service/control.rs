@@ -4,8 +4,8 @@
 
 use super::worker::{Control, WorkerStats, cameras_healthy};
 use super::{
-    Answer, ConfigSource, Ending, Event, Origin, Reply, Requester, frame_board, health,
-    pipeline_for, start_captures,
+    Answer, ConfigSource, Ending, Event, Origin, Reply, Requester, embedder_choice, frame_board,
+    health, pipeline_for, start_captures,
 };
 use crate::camera::{CameraState, Capture, FrameBoard};
 use crate::config::Config;
@@ -39,6 +39,8 @@ struct Reloads {
 pub struct Parts {
     pub source: ConfigSource,
     pub config: Config,
+    /// The id of the embedder running (the configured one or its checked variant).
+    pub embedder: String,
     pub board: Arc<FrameBoard>,
     pub captures: Vec<Option<Capture>>,
     pub to_worker: Sender<Control>,
@@ -364,9 +366,13 @@ impl Service {
         {
             log::warn!("changes to [mqtt], [service] and state_dir take effect after a restart");
         }
-        if new.models != running.models || new.detection != running.detection {
+        // A checked variant made since (or removed) changes the embedder with the same configuration.
+        let other_embedder = embedder_choice(&new, &self.parts.source.overrides)
+            .is_ok_and(|(_, choice)| choice.id != self.parts.embedder);
+        if new.models != running.models || new.detection != running.detection || other_embedder {
             match pipeline_for(&new, &self.parts.source.overrides) {
                 Ok(p) => {
+                    self.parts.embedder = p.embedder.id().to_string();
                     let _ = self.parts.to_worker.send(Control::SetPipeline(Box::new(p)));
                 }
                 Err(e) => log::error!("reload: models not changed: {e:#}"),

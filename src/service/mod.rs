@@ -12,7 +12,7 @@ use crate::camera::{Capture, FrameBoard};
 use crate::config::{CameraConfig, Config, FilesCamera, VariantChoice};
 use crate::enrol::load_gallery;
 use crate::events::{Topics, slug};
-use crate::models::{Catalog, load_pipeline};
+use crate::models::{Catalog, EmbedderChoice, load_pipeline};
 use crate::mqtt::{Incoming, IncomingHandler, Publisher, Sink};
 use crate::pipeline::FacePipeline;
 use anyhow::Context;
@@ -197,8 +197,13 @@ fn node_id(config: &Config) -> String {
         })
 }
 
-fn pipeline_for(config: &Config, overrides: &Overrides) -> anyhow::Result<FacePipeline> {
-    // --models-dir / FACE_EDGE_MODELS_DIR, then the config's models.dir, then the default.
+/// The models catalog the configuration and overrides point at (--models-dir / FACE_EDGE_MODELS_DIR,
+/// then the config's models.dir, then the default), and the embedder that runs for it: the configured
+/// one or its checked int8 variant (`Catalog::embedder_for`).
+fn embedder_choice(
+    config: &Config,
+    overrides: &Overrides,
+) -> anyhow::Result<(Catalog, EmbedderChoice)> {
     let catalog = Catalog::load(&Catalog::resolve_dir(
         overrides.models_dir.as_deref(),
         config.models.dir.as_deref(),
@@ -209,15 +214,20 @@ fn pipeline_for(config: &Config, overrides: &Overrides) -> anyhow::Result<FacePi
         models.precision,
         models.variant == VariantChoice::CheckedInt8Qdq,
     );
+    Ok((catalog, embedder))
+}
+
+fn pipeline_for(config: &Config, overrides: &Overrides) -> anyhow::Result<FacePipeline> {
+    let (catalog, embedder) = embedder_choice(config, overrides)?;
     if let Some(note) = embedder.note() {
         log::info!("{note}");
     }
     Ok(load_pipeline(
         &catalog,
-        &models.detector,
+        &config.models.detector,
         &config.detection,
         &embedder.id,
-        models.precision,
+        config.models.precision,
     )?)
 }
 
@@ -289,10 +299,10 @@ pub fn run(source: ConfigSource) -> Result<Ending, StartupError> {
     let mut progress = health::StartProgress::default();
     progress.loading_models();
     let mut pipeline = pipeline_for(&config, &source.overrides).map_err(startup)?;
+    let embedder = pipeline.embedder.id().to_string();
     log::info!(
-        "models: detector {}, embedder {}",
+        "models: detector {}, embedder {embedder}",
         pipeline.detector.id(),
-        pipeline.embedder.id()
     );
     let loaded = load_gallery(&config, &mut pipeline, |done, total| {
         progress.update(done, total)
@@ -326,6 +336,7 @@ pub fn run(source: ConfigSource) -> Result<Ending, StartupError> {
     };
     let (to_worker, worker) = start_worker(setup, loaded.names).map_err(startup)?;
     let parts = control::Parts {
+        embedder,
         source,
         config,
         board,
