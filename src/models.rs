@@ -283,7 +283,17 @@ impl Catalog {
         }
         checked_int8_variants(self.manifests(), configured)
             .into_iter()
-            .find(|m| matches!(self.status(m), WeightsStatus::Verified { .. }))
+            .find(|m| match self.status(m) {
+                WeightsStatus::Verified { .. } => true,
+                WeightsStatus::Missing => {
+                    log::warn!("{}: weights {} missing; not running it", m.id, m.weights);
+                    false
+                }
+                WeightsStatus::Bad(e) => {
+                    log::warn!("{}: {e}; not running it", m.id);
+                    false
+                }
+            })
             .map_or(named, |m| EmbedderChoice {
                 id: m.id.clone(),
                 replaces: Some(Replacement {

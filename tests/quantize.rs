@@ -53,6 +53,10 @@ fn files_in(dir: &Path) -> Vec<String> {
 /// The embedder `face-edge gallery check` loads for a configuration naming `embedder` (plus
 /// `extra` lines in `[models]`) over the models in `dir`: the id of its "model ...: ok" line.
 fn configured_embedder(dir: &TempDir, embedder: &str, extra: &str) -> String {
+    configured_embedder_and_stderr(dir, embedder, extra).0
+}
+
+fn configured_embedder_and_stderr(dir: &TempDir, embedder: &str, extra: &str) -> (String, String) {
     let tmp = TempDir::new("variant-config");
     let config = tmp.path("face-edge.toml");
     let obama = data("photos/gallery/obama");
@@ -75,7 +79,7 @@ fn configured_embedder(dir: &TempDir, embedder: &str, extra: &str) -> String {
         .filter_map(|l| l.strip_prefix("model ")?.strip_suffix(": ok"))
         .collect();
     assert_eq!(models.len(), 2, "detector and embedder: {stdout}");
-    models[1].to_string()
+    (models[1].to_string(), stderr)
 }
 
 fn embeddings(dir: &TempDir, id: &str, crops: &[String]) -> Vec<Vec<f32>> {
@@ -168,6 +172,19 @@ fn mobilefacenet_quantized_here_keeps_its_accuracy() {
             println!("FACE_EDGE_TEST_VARIANTS_DIR not set: not compared with onnxruntime's variant")
         }
     }
+
+    // Weights that no longer verify are not run, and the log says why.
+    let weights = dir.path("mobilefacenet.int8-qdq.onnx");
+    std::fs::remove_file(&weights).unwrap();
+    std::fs::write(&weights, b"not the variant").unwrap();
+    let (id, stderr) = configured_embedder_and_stderr(&dir, "mobilefacenet", "");
+    assert_eq!(id, "mobilefacenet");
+    assert!(
+        stderr.contains("mobilefacenet-int8-qdq") && stderr.contains("not running it"),
+        "{stderr}"
+    );
+    std::fs::remove_file(&weights).unwrap();
+    std::os::unix::fs::symlink(out.path("mobilefacenet.int8-qdq.onnx"), &weights).unwrap();
 
     // LFW folds 1-2: within 0.3 points of f32 (the bound for int8).
     let dir_arg = dir.0.display().to_string();

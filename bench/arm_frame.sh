@@ -1,0 +1,65 @@
+#!/bin/bash
+# Instructions per whole 640x480 frame on the Raspberry Pi cores: JPEG decode, YuNet at 640x480, alignment
+# and MobileFaceNet (f32, and the int8-qdq variant), face-edge (`face-edge embed`) next to the onnxruntime
+# 1.27 + OpenCV pipeline of bench/frame_pipeline.py on the same frame and ONNX files, counted by
+# ../shared/tools/arm-icount under qemu. Run by hand, not in CI; instruction counts are a proxy, not time.
+#
+#   bench/arm_frame.sh [MODELS_DIR] [VARIANTS_DIR]
+#
+# The frame is the middle 960x720 of ../shared/data/photos/probes/obama-720p.jpg scaled to 640x480 (one
+# face), written once to target/frame640.jpg. Each figure is marginal over 1 and 1 + K frames (K = 5), as in
+# bench/arm_icount.sh, with the same CPU settings (Pi 4 = cortex-a72 with TRACT_CPU_AARCH64_KIND=a72, Pi 5
+# = cortex-a76 with a75).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+here=$PWD
+shared=$(cd "$here/.." && pwd)/shared
+models=${1:-${FACE_EDGE_MODELS_DIR:-$shared/models}}
+variants=${2:-$here/target/variants}
+icount=$shared/tools/arm-icount
+target=aarch64-unknown-linux-gnu
+extra=${K:-5}
+frame=$here/target/frame640.jpg
+[ -f "$variants/mobilefacenet.int8-qdq.onnx" ] || { echo "missing $variants/mobilefacenet.int8-qdq.onnx (models/quantize.py --method int8-qdq)" >&2; exit 1; }
+
+cargo build --release --quiet --target $target -p face-edge --bin face-edge
+binary=$here/target/$target/release/face-edge
+# The models and the variants in one directory, as a user's models directory would hold them.
+both=$(mktemp -d)
+trap 'rm -rf "$both"' EXIT
+ln -s "$models"/* "$variants"/* "$both"/
+
+if [ ! -f "$frame" ]; then
+  "$icount/count.sh" cortex-a72 -- python -c "
+import cv2
+im = cv2.imread('$shared/data/photos/probes/obama-720p.jpg'); w = im.shape[1]
+im = cv2.resize(im[:, (w - 960) // 2:(w + 960) // 2], (640, 480), interpolation=cv2.INTER_AREA)
+cv2.imwrite('$frame', im, [cv2.IMWRITE_JPEG_QUALITY, 90])" >/dev/null
+fi
+
+kind() { [ "$1" = cortex-a72 ] && echo a72 || echo a75; }
+frames() { for _ in $(seq "$1"); do echo "$frame"; done; }
+
+face_edge() { # CPU EMBEDDER
+  local one many
+  one=$("$icount/count.sh" "$1" -E TRACT_CPU_AARCH64_KIND="$(kind "$1")" -E FACE_EDGE_MODELS_DIR="$both" -- \
+    "$binary" embed --jsonl --model "$2" $(frames 1))
+  many=$("$icount/count.sh" "$1" -E TRACT_CPU_AARCH64_KIND="$(kind "$1")" -E FACE_EDGE_MODELS_DIR="$both" -- \
+    "$binary" embed --jsonl --model "$2" $(frames $((1 + extra))))
+  echo $(((many - one) / extra))
+}
+onnxruntime() { # CPU EMBEDDER_ONNX
+  local one many
+  one=$("$icount/count.sh" "$1" -- python "$here/bench/frame_pipeline.py" "$models/yunet_2023mar.onnx" "$2" "$frame" 1)
+  many=$("$icount/count.sh" "$1" -- python "$here/bench/frame_pipeline.py" "$models/yunet_2023mar.onnx" "$2" "$frame" $((1 + extra)))
+  echo $(((many - one) / extra))
+}
+millions() { awk -v n="$1" 'BEGIN { printf "%.0f M", n / 1e6 }'; }
+
+echo "| 640x480 frame, MobileFaceNet | core | onnxruntime + OpenCV f32 | onnxruntime + OpenCV int8 QDQ | face-edge f32 | face-edge int8 QDQ |"
+echo "|---|---|---|---|---|---|"
+for cpu in cortex-a72 cortex-a76; do
+  echo "| decode + YuNet + align + embed | $cpu | $(millions "$(onnxruntime $cpu "$models/mobilefacenet.onnx")") |" \
+    "$(millions "$(onnxruntime $cpu "$variants/mobilefacenet.int8-qdq.onnx")") |" \
+    "$(millions "$(face_edge $cpu mobilefacenet)") | $(millions "$(face_edge $cpu mobilefacenet-int8-qdq)") |"
+done
