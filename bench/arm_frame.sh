@@ -7,18 +7,8 @@
 #   bench/arm_frame.sh [MODELS_DIR] [VARIANTS_DIR]
 #
 # The frame is the middle 960x720 of ../shared/data/photos/probes/obama-720p.jpg scaled to 640x480 (one
-# face), written once to target/frame640.jpg. Each figure is marginal over 1 and 1 + K frames (K = 5), as in
-# bench/arm_icount.sh, with the same CPU settings (Pi 4 = cortex-a72 with TRACT_CPU_AARCH64_KIND=a72, Pi 5
-# = cortex-a76 with a75).
-set -euo pipefail
-cd "$(dirname "$0")/.."
-here=$PWD
-shared=$(cd "$here/.." && pwd)/shared
-models=${1:-${FACE_EDGE_MODELS_DIR:-$shared/models}}
-variants=${2:-$here/target/variants}
-icount=$shared/tools/arm-icount
-target=aarch64-unknown-linux-gnu
-extra=${K:-5}
+# face), written once to target/frame640.jpg. Arguments and settings: bench/arm_common.sh.
+source "$(dirname "$0")/arm_common.sh"
 frame=$here/target/frame640.jpg
 [ -f "$variants/mobilefacenet.int8-qdq.onnx" ] || { echo "missing $variants/mobilefacenet.int8-qdq.onnx (models/quantize.py --method int8-qdq)" >&2; exit 1; }
 
@@ -37,7 +27,6 @@ im = cv2.resize(im[:, (w - 960) // 2:(w + 960) // 2], (640, 480), interpolation=
 cv2.imwrite('$frame', im, [cv2.IMWRITE_JPEG_QUALITY, 90])" >/dev/null
 fi
 
-kind() { [ "$1" = cortex-a72 ] && echo a72 || echo a75; }
 frames() { for _ in $(seq "$1"); do echo "$frame"; done; }
 
 face_edge() { # CPU EMBEDDER
@@ -54,7 +43,6 @@ onnxruntime() { # CPU EMBEDDER_ONNX
   many=$("$icount/count.sh" "$1" -- python "$here/bench/frame_pipeline.py" "$models/yunet_2023mar.onnx" "$2" "$frame" $((1 + extra)))
   echo $(((many - one) / extra))
 }
-millions() { awk -v n="$1" 'BEGIN { printf "%.0f M", n / 1e6 }'; }
 
 echo "| 640x480 frame, MobileFaceNet | core | onnxruntime + OpenCV f32 | onnxruntime + OpenCV int8 QDQ | face-edge f32 | face-edge int8 QDQ |"
 echo "|---|---|---|---|---|---|"

@@ -5,26 +5,11 @@
 #
 #   bench/arm_icount.sh [MODELS_DIR] [VARIANTS_DIR]
 #
-# MODELS_DIR holds the f32 weights (default $FACE_EDGE_MODELS_DIR, else ../shared/models), VARIANTS_DIR the
-# int8 QDQ files models/quantize.py made (default target/variants, as .ci/run makes them). Each figure is
-# marginal: (count with 1 + K runs - count with 1 run) / K, so start-up and graph optimisation cancel out.
-# Pi 4 = cortex-a72 with TRACT_CPU_AARCH64_KIND=a72; Pi 5 = cortex-a76 with TRACT_CPU_AARCH64_KIND=a75,
-# which gives tract the fp16 and dot-product kernels a Pi 5's kernel would let it detect (qemu-user shows
-# the host's /proc/cpuinfo); face-edge's own kernels read the CPU's features as qemu emulates them.
-set -euo pipefail
-cd "$(dirname "$0")/.."
-here=$PWD
-shared=$(cd "$here/.." && pwd)/shared
-models=${1:-${FACE_EDGE_MODELS_DIR:-$shared/models}}
-variants=${2:-$here/target/variants}
-icount=$shared/tools/arm-icount
-target=aarch64-unknown-linux-gnu
-extra=${K:-5}
+# Arguments and settings: bench/arm_common.sh.
+source "$(dirname "$0")/arm_common.sh"
 
 cargo build --release --quiet --target $target -p face-edge-kernels --example network_runs
 runner=$here/target/$target/release/examples/network_runs
-
-kind() { [ "$1" = cortex-a72 ] && echo a72 || echo a75; }
 
 # marginal CPU -- PROGRAM ARGS...: the program's last argument before MODE is the run count.
 face_edge() { # CPU MODEL SHAPE MODE
@@ -39,7 +24,6 @@ onnxruntime() { # CPU MODEL
   many=$("$icount/count.sh" "$1" -- python "$icount/ort_net.py" "$2" $((1 + extra)))
   echo $(((many - one) / extra))
 }
-millions() { awk -v n="$1" 'BEGIN { printf "%.0f M", n / 1e6 }'; }
 
 echo "| network | core | onnxruntime f32 | onnxruntime int8 QDQ | face-edge f32 | face-edge f16 | face-edge int8 QDQ |"
 echo "|---|---|---|---|---|---|---|"

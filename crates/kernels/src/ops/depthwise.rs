@@ -1,7 +1,7 @@
 //! 3x3 depthwise convolution (every MobileNet-style block of YuNet, MobileFaceNet and EfficientNetV2),
 //! planar or interleaved, with its bias and activation folded.
 
-use super::{Clamp, Window, data_kernel_bias, out_values};
+use super::{Clamp, Window, data_kernel_bias, multiply_add, out_values};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 
@@ -177,18 +177,21 @@ impl Depthwise3x3 {
         let [_, _, oh, ow] = window.output;
         let (ph, pw) = window.padded_size();
         let row = ow * c;
-        let weight_rows: Vec<f32> = (0..9)
-            .flat_map(|t| (0..row).map(move |i| kernel[(i % c) * 9 + t]))
-            .collect();
-        let bias_row: Vec<f32> = (0..row)
-            .map(|i| {
-                if bias.len() == 1 {
-                    bias[0]
-                } else {
-                    bias[i % c]
-                }
-            })
-            .collect();
+        // Each tap's weights of the c channels, repeated along the row: whole copies of c values
+        // (an element-wise index modulo c here cost more than the convolution of YuNet's
+        // interleaved layers).
+        let mut weight_rows = Vec::with_capacity(9 * row);
+        for t in 0..9 {
+            let tap: Vec<f32> = (0..c).map(|ch| kernel[ch * 9 + t]).collect();
+            for _ in 0..ow {
+                weight_rows.extend_from_slice(&tap);
+            }
+        }
+        let bias_row = if bias.len() == 1 {
+            vec![bias[0]; row]
+        } else {
+            bias.repeat(ow)
+        };
         let weights: [&[f32]; 9] = std::array::from_fn(|t| &weight_rows[t * row..][..row]);
         let mut padded = vec![0f32; ph * pw * c];
         let columns = w.min(pw - window.pad_left);
@@ -259,7 +262,7 @@ pub(crate) fn fused<const N: usize>(
     for (i, o) in out.iter_mut().enumerate() {
         let mut acc = bias;
         for t in 0..N {
-            acc += k[t] * sources[t][i];
+            acc = multiply_add(acc, k[t], sources[t][i]);
         }
         *o = clamp.apply(acc);
     }
@@ -313,7 +316,7 @@ pub(crate) fn weighted<const N: usize>(
     for (i, o) in out.iter_mut().enumerate() {
         let mut acc = bias[i];
         for t in 0..N {
-            acc += weights[t][i] * sources[t][i];
+            acc = multiply_add(acc, weights[t][i], sources[t][i]);
         }
         *o = clamp.apply(acc);
     }
