@@ -204,6 +204,16 @@ fn stranger_in_the_hall(
     dir: &TempDir,
     broker: &Mosquitto,
 ) -> (std::path::PathBuf, std::path::PathBuf) {
+    obama_and_a_looping_hall(dir, "probes/johnsnow_test1.jpg", Some(&broker.url()))
+}
+
+/// A gallery of Obama alone and a camera "hall" looping on `probe` (under photos) at 10 fps, events to
+/// `mqtt_url` (else stdout). Returns the gallery directory and the config.
+fn obama_and_a_looping_hall(
+    dir: &TempDir,
+    probe: &'static str,
+    mqtt_url: Option<&str>,
+) -> (std::path::PathBuf, std::path::PathBuf) {
     let people = dir.path("people");
     std::fs::create_dir_all(people.join("obama")).unwrap();
     std::fs::copy(
@@ -211,12 +221,12 @@ fn stranger_in_the_hall(
         people.join("obama/obama.jpg"),
     )
     .unwrap();
-    let frames = write_frames(dir, &[(Some("probes/johnsnow_test1.jpg"), 10)]);
+    let frames = write_frames(dir, &[(Some(probe), 10)]);
     let camera = format!(
         "[[camera]]\nname = \"hall\"\nkind = \"files\"\npath = \"{}\"\nloop = true\nfps = 10\ndetect_fps = 10\n",
         frames.display()
     );
-    let cfg = config(dir, &people, &camera, Some(&broker.url()), "");
+    let cfg = config(dir, &people, &camera, mqtt_url, "");
     (people, cfg)
 }
 
@@ -1108,19 +1118,7 @@ fn a_checked_variant_made_while_running_takes_over_at_reload() {
     std::fs::create_dir_all(dir.path("nothing")).unwrap();
     // The shared models, linked into a directory `models quantize` can write into.
     let models = common::models_dir_plus(&dir.path("nothing"));
-    let people = dir.path("people");
-    std::fs::create_dir_all(people.join("obama")).unwrap();
-    std::fs::copy(
-        gallery().join("obama/obama.jpg"),
-        people.join("obama/obama.jpg"),
-    )
-    .unwrap();
-    let frames = write_frames(&dir, &[(Some("probes/obama1.jpg"), 10)]);
-    let camera = format!(
-        "[[camera]]\nname = \"hall\"\nkind = \"files\"\npath = \"{}\"\nloop = true\nfps = 5\ndetect_fps = 5\n",
-        frames.display()
-    );
-    let cfg = config(&dir, &people, &camera, None, "");
+    let (_, cfg) = obama_and_a_looping_hall(&dir, "probes/obama1.jpg", None);
     let log = dir.path("stderr.log");
     let child = face_edge()
         .env("FACE_EDGE_MODELS_DIR", &models.0)

@@ -5,7 +5,7 @@
 use super::worker::{Control, WorkerStats, cameras_healthy};
 use super::{
     Answer, ConfigSource, Ending, Event, Origin, Reply, Requester, embedder_choice, frame_board,
-    health, pipeline_for, start_captures,
+    health, pipeline_with, start_captures,
 };
 use crate::camera::{CameraState, Capture, FrameBoard};
 use crate::config::Config;
@@ -367,10 +367,14 @@ impl Service {
             log::warn!("changes to [mqtt], [service] and state_dir take effect after a restart");
         }
         // A checked variant made since (or removed) changes the embedder with the same configuration.
-        let other_embedder = embedder_choice(&new, &self.parts.source.overrides)
+        let choice = embedder_choice(&new, &self.parts.source.overrides);
+        let other_embedder = choice
+            .as_ref()
             .is_ok_and(|(_, choice)| choice.id != self.parts.embedder);
         if new.models != running.models || new.detection != running.detection || other_embedder {
-            match pipeline_for(&new, &self.parts.source.overrides) {
+            let pipeline =
+                choice.and_then(|(catalog, choice)| pipeline_with(&catalog, &new, &choice));
+            match pipeline {
                 Ok(p) => {
                     self.parts.embedder = p.embedder.id().to_string();
                     let _ = self.parts.to_worker.send(Control::SetPipeline(Box::new(p)));

@@ -219,11 +219,20 @@ fn embedder_choice(
 
 fn pipeline_for(config: &Config, overrides: &Overrides) -> anyhow::Result<FacePipeline> {
     let (catalog, embedder) = embedder_choice(config, overrides)?;
+    pipeline_with(&catalog, config, &embedder)
+}
+
+/// The configuration's detector and `embedder` (as `embedder_choice` resolved it) from `catalog`.
+fn pipeline_with(
+    catalog: &Catalog,
+    config: &Config,
+    embedder: &EmbedderChoice,
+) -> anyhow::Result<FacePipeline> {
     if let Some(note) = embedder.note() {
         log::info!("{note}");
     }
     Ok(load_pipeline(
-        &catalog,
+        catalog,
         &config.models.detector,
         &config.detection,
         &embedder.id,
