@@ -165,54 +165,38 @@ pub(crate) fn gemm_u8(
     out: &mut [u8],
 ) {
     let groups = weights.groups();
-    let tile_len = groups * TILE_PIXELS * GROUP;
-    let mut packed = vec![0u8; tile_len];
     let mut sums = [[0i32; TILE_PIXELS]; TILE_OUTPUTS];
-    for start in (0..pixels).step_by(TILE_PIXELS) {
-        let width = TILE_PIXELS.min(pixels - start);
-        pack_tile(
-            x,
-            weights.inputs,
-            pixels,
-            start,
-            width,
-            weights.kind.flip(),
-            &mut packed,
-        );
-        for tile in 0..weights.outputs.div_ceil(TILE_OUTPUTS) {
-            let w = weights.tile(tile);
-            #[cfg(target_arch = "aarch64")]
-            if matches!(weights.kind, GemmKind::Sdot | GemmKind::Widening)
-                && width == TILE_PIXELS
-                && (tile + 1) * TILE_OUTPUTS <= weights.outputs
-            {
-                // A whole tile: requantized in registers, straight into its four output rows.
-                let first = tile * TILE_OUTPUTS;
-                let rows = &mut out[first * pixels + start..][..3 * pixels + TILE_PIXELS];
-                // SAFETY: Sdot is only chosen when the CPU reports the dot-product extension (NEON,
-                // which Widening uses, is part of every aarch64 CPU); the slices' lengths are
-                // asserted inside.
-                unsafe {
-                    if weights.kind == GemmKind::Sdot {
-                        sdot_tile_requantized(&packed, w, groups, requantize, first, rows, pixels)
-                    } else {
-                        widening_tile_requantized(
-                            &packed, w, groups, requantize, first, rows, pixels,
-                        )
-                    }
-                };
-                continue;
-            }
-            tile_sums(weights, &packed, w, groups, &mut sums);
-            for (lane, row) in sums.iter().enumerate() {
-                let o = tile * TILE_OUTPUTS + lane;
-                if o >= weights.outputs {
-                    break;
+    for_each_tile(weights, x, pixels, |packed, tile, start, width| {
+        let w = weights.tile(tile);
+        #[cfg(target_arch = "aarch64")]
+        if matches!(weights.kind, GemmKind::Sdot | GemmKind::Widening)
+            && width == TILE_PIXELS
+            && (tile + 1) * TILE_OUTPUTS <= weights.outputs
+        {
+            // A whole tile: requantized in registers, straight into its four output rows.
+            let first = tile * TILE_OUTPUTS;
+            let rows = &mut out[first * pixels + start..][..3 * pixels + TILE_PIXELS];
+            // SAFETY: Sdot is only chosen when the CPU reports the dot-product extension (NEON,
+            // which Widening uses, is part of every aarch64 CPU); the slices' lengths are asserted
+            // inside.
+            unsafe {
+                if weights.kind == GemmKind::Sdot {
+                    sdot_tile_requantized(packed, w, groups, requantize, first, rows, pixels)
+                } else {
+                    widening_tile_requantized(packed, w, groups, requantize, first, rows, pixels)
                 }
-                requantize.row(o, row, &mut out[o * pixels + start..][..width]);
-            }
+            };
+            return;
         }
-    }
+        tile_sums(weights, packed, w, groups, &mut sums);
+        for (lane, row) in sums.iter().enumerate() {
+            let o = tile * TILE_OUTPUTS + lane;
+            if o >= weights.outputs {
+                break;
+            }
+            requantize.row(o, row, &mut out[o * pixels + start..][..width]);
+        }
+    });
 }
 
 /// The i32 sums sum over i of (x[i, p] - input_zero) * w[o, i], [outputs, pixels], tile by tile
@@ -224,28 +208,42 @@ pub(crate) fn gemm_i32(
     pixels: usize,
     input_zero: u8,
 ) -> Vec<i32> {
-    let groups = weights.groups();
-    let mut packed = vec![0u8; groups * TILE_PIXELS * GROUP];
     let mut sums = [[0i32; TILE_PIXELS]; TILE_OUTPUTS];
     let mut out = vec![0i32; weights.outputs * pixels];
+    for_each_tile(weights, x, pixels, |packed, tile, start, width| {
+        let w = weights.tile(tile);
+        tile_sums(weights, packed, w, weights.groups(), &mut sums);
+        for (lane, row) in sums.iter().enumerate() {
+            let o = tile * TILE_OUTPUTS + lane;
+            if o < weights.outputs {
+                let offset = weights.offset(o, input_zero);
+                for (p, s) in row[..width].iter().enumerate() {
+                    out[o * pixels + start + p] = s + offset;
+                }
+            }
+        }
+    });
+    out
+}
+
+/// The GEMM's walk: each tile of up to 16 pixels is packed once (`pack_tile`), then `visit(packed,
+/// output tile, first pixel, pixels in the tile)` for every output tile.
+#[inline(always)]
+fn for_each_tile(
+    weights: &PackedWeights,
+    x: &[u8],
+    pixels: usize,
+    mut visit: impl FnMut(&[u8], usize, usize, usize),
+) {
+    let mut packed = vec![0u8; weights.groups() * TILE_PIXELS * GROUP];
     for start in (0..pixels).step_by(TILE_PIXELS) {
         let width = TILE_PIXELS.min(pixels - start);
         let flip = weights.kind.flip();
         pack_tile(x, weights.inputs, pixels, start, width, flip, &mut packed);
         for tile in 0..weights.outputs.div_ceil(TILE_OUTPUTS) {
-            tile_sums(weights, &packed, weights.tile(tile), groups, &mut sums);
-            for (lane, row) in sums.iter().enumerate() {
-                let o = tile * TILE_OUTPUTS + lane;
-                if o < weights.outputs {
-                    let offset = weights.offset(o, input_zero);
-                    for (p, s) in row[..width].iter().enumerate() {
-                        out[o * pixels + start + p] = s + offset;
-                    }
-                }
-            }
+            visit(&packed, tile, start, width);
         }
     }
-    out
 }
 
 /// Packs pixels start..start + width of every channel into one tile: [group][pixel][4 channels].
