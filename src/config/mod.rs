@@ -704,6 +704,25 @@ mod tests {
         assert_eq!(c.gallery.threshold, ThresholdSetting::Auto);
     }
 
+    #[test]
+    fn models_variant_takes_its_two_values_and_names_itself_otherwise() {
+        assert_eq!(
+            parse("").unwrap().models.variant,
+            VariantChoice::CheckedInt8Qdq
+        );
+        let none = parse("[models]\nvariant = \"none\"\n").unwrap();
+        assert_eq!(none.models.variant, VariantChoice::None);
+        for bad in ["\"int4\"", "1", "true", "\"\""] {
+            let err = parse(&format!("[models]\nvariant = {bad}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("face-edge.toml") && err.contains("variant"),
+                "{bad}: {err}"
+            );
+        }
+    }
+
     /// The commented examples of the example config (`# [[camera]]  # example` blocks) are valid too.
     #[test]
     fn the_example_config_commented_examples_parse() {

@@ -583,9 +583,11 @@ mod tests {
         };
         assert_eq!(ids("mobilefacenet"), ["d", "c"]);
         assert!(ids("japanese-face-v1").is_empty());
-        let bad = base.replace("[variant]", "[variant]\nchecked_cosine = 1.5");
-        let err = Manifest::parse(&bad, "v.toml").unwrap_err().to_string();
-        assert!(err.contains("variant.checked_cosine"), "{err}");
+        for value in ["1.5", "-2.0", "nan", "inf"] {
+            let bad = base.replace("[variant]", &format!("[variant]\nchecked_cosine = {value}"));
+            let err = Manifest::parse(&bad, "v.toml").unwrap_err().to_string();
+            assert!(err.contains("variant.checked_cosine"), "{value}: {err}");
+        }
     }
 
     #[test]
