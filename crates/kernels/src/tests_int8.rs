@@ -390,3 +390,105 @@ fn the_table_looks_up_every_byte_at_every_length() {
     look_up(&table, &every, &mut out);
     assert_eq!(out, table);
 }
+
+#[test]
+fn every_depthwise_kernel_this_cpu_runs_gives_the_exact_sums() {
+    // Both strides, both paddings (1 on every side; TensorFlow's stride-2 "same": none before),
+    // rows shorter and longer than a block (8 or 16 outputs), planes whose last block is partial.
+    for (c, h, w, stride, pad) in [
+        (3, 9, 7, 1, 1),
+        (2, 14, 14, 1, 1),
+        (4, 6, 40, 1, 1),
+        (1, 1, 5, 1, 1),
+        (2, 14, 14, 2, 1),
+        (3, 15, 33, 2, 1),
+        (2, 14, 14, 2, 0),
+        (2, 56, 56, 2, 0),
+    ] {
+        depthwise_is_exact(c, (h, w), stride, pad);
+    }
+}
+
+/// The quantized depthwise op on uint8 codes against the integer sums of (x - zero) x k computed
+/// here, through the same requantization formula: every byte equal.
+fn depthwise_is_exact(c: usize, (h, w): (usize, usize), stride: usize, pad: usize) {
+    let (oh, ow) = (
+        (h + 2 * pad - 3) / stride + 1,
+        (w + 2 * pad - 3) / stride + 1,
+    );
+    let (oh, ow) = if pad == 0 {
+        (h.div_ceil(2), w.div_ceil(2))
+    } else {
+        (oh, ow)
+    };
+    let window = Window {
+        input: [1, c, h, w],
+        output: [1, c, oh, ow],
+        output_shape: vec![1, c, oh, ow],
+        stride,
+        pad_top: pad,
+        pad_left: pad,
+    };
+    let input_zero = 101u8;
+    let k: Vec<i16> = integers(c * 9, 41, -128, 127)
+        .iter()
+        .map(|&v| v as i16)
+        .collect();
+    let requantize = Requantize {
+        offset: k
+            .chunks_exact(9)
+            .map(|k| -(input_zero as i32) * k.iter().map(|&v| v as i32).sum::<i32>())
+            .collect(),
+        scale: (0..c).map(|ch| 1.0 / (96 + 16 * ch) as f32).collect(),
+        shift: (0..c).map(|ch| ch as f32 * 0.25 - 0.5).collect(),
+        zero: 128,
+    };
+    let x: Vec<u8> = integers(c * h * w, 42, 0, 255)
+        .iter()
+        .map(|&v| v as u8)
+        .collect();
+    let expected: Vec<u8> = (0..c * oh * ow)
+        .map(|n| {
+            let (ch, oy, ox) = (n / (oh * ow), n / ow % oh, n % ow);
+            let mut sum = 0i32;
+            for t in 0..9 {
+                let iy = (oy * stride + t / 3).checked_sub(pad).filter(|&y| y < h);
+                let ix = (ox * stride + t % 3).checked_sub(pad).filter(|&x| x < w);
+                if let (Some(iy), Some(ix)) = (iy, ix) {
+                    let v = x[(ch * h + iy) * w + ix] as i32 - input_zero as i32;
+                    sum += v * k[ch * 9 + t] as i32;
+                }
+            }
+            to_u8(
+                sum as f32 * requantize.scale[ch] + requantize.shift[ch],
+                128,
+            )
+        })
+        .collect();
+    let op = QuantizedDepthwise {
+        window,
+        input_zero,
+        kernel: Arc::new(k),
+        requantize: Arc::new(requantize),
+    };
+    let mut m = TypedModel::default();
+    let source = m.add_source("x", u8::fact([1, c, h, w])).unwrap();
+    let y = m.wire_node("dw", op, &[source]).unwrap()[0];
+    m.select_output_outlets(&[y]).unwrap();
+    let input = Tensor::from_shape(&[1, c, h, w], &x).unwrap();
+    let out = m
+        .into_runnable()
+        .unwrap()
+        .run(tvec!(input.into_tvalue()))
+        .unwrap();
+    let kernel = if DotDepthwise::available() {
+        "SDOT"
+    } else {
+        "NEON or portable"
+    };
+    assert_eq!(
+        out[0].try_as_plain_ram().unwrap().as_slice::<u8>().unwrap(),
+        expected,
+        "{kernel} depthwise {c}x{h}x{w}, stride {stride}, padding {pad}"
+    );
+}

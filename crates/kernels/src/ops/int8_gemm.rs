@@ -166,37 +166,85 @@ pub(crate) fn gemm_u8(
 ) {
     let groups = weights.groups();
     let mut sums = [[0i32; TILE_PIXELS]; TILE_OUTPUTS];
-    for_each_tile(weights, x, pixels, |packed, tile, start, width| {
-        let w = weights.tile(tile);
-        #[cfg(target_arch = "aarch64")]
-        if matches!(weights.kind, GemmKind::Sdot | GemmKind::Widening)
-            && width == TILE_PIXELS
-            && (tile + 1) * TILE_OUTPUTS <= weights.outputs
-        {
-            // A whole tile: requantized in registers, straight into its four output rows.
-            let first = tile * TILE_OUTPUTS;
-            let rows = &mut out[first * pixels + start..][..3 * pixels + TILE_PIXELS];
-            // SAFETY: Sdot is only chosen when the CPU reports the dot-product extension (NEON,
-            // which Widening uses, is part of every aarch64 CPU); the slices' lengths are asserted
-            // inside.
-            unsafe {
-                if weights.kind == GemmKind::Sdot {
-                    sdot_tile_requantized(packed, w, groups, requantize, first, rows, pixels)
-                } else {
-                    widening_tile_requantized(packed, w, groups, requantize, first, rows, pixels)
+    for_each_tile(weights, x, pixels, |packed, start, width| {
+        let out = &mut out[start..];
+        let done = if width == TILE_PIXELS {
+            whole_tiles_requantized(weights, packed, requantize, out, pixels)
+        } else {
+            0
+        };
+        for tile in done..weights.outputs.div_ceil(TILE_OUTPUTS) {
+            tile_sums(weights, packed, weights.tile(tile), groups, &mut sums);
+            for (lane, row) in sums.iter().enumerate() {
+                let o = tile * TILE_OUTPUTS + lane;
+                if o >= weights.outputs {
+                    break;
                 }
-            };
-            return;
-        }
-        tile_sums(weights, packed, w, groups, &mut sums);
-        for (lane, row) in sums.iter().enumerate() {
-            let o = tile * TILE_OUTPUTS + lane;
-            if o >= weights.outputs {
-                break;
+                requantize.row(o, row, &mut out[o * pixels..][..width]);
             }
-            requantize.row(o, row, &mut out[o * pixels + start..][..width]);
         }
     });
+}
+
+/// The whole output tiles of one packed tile of 16 pixels, computed and requantized in registers
+/// straight into their rows of `out` (from the tile's first pixel, rows `pixels` apart) by the
+/// kernels that can: how many tiles, from the first, are done.
+fn whole_tiles_requantized(
+    weights: &PackedWeights,
+    packed: &[u8],
+    requantize: &Requantize,
+    out: &mut [u8],
+    pixels: usize,
+) -> usize {
+    let tiles = weights.outputs / TILE_OUTPUTS;
+    if tiles == 0 {
+        return 0;
+    }
+    match weights.kind {
+        #[cfg(target_arch = "aarch64")]
+        GemmKind::Sdot => {
+            // SAFETY: Sdot is only chosen when the CPU reports the dot-product extension; the
+            // slices' lengths are asserted inside.
+            unsafe {
+                sdot_tiles_requantized(
+                    packed,
+                    &weights.data,
+                    weights.groups(),
+                    tiles,
+                    requantize,
+                    out,
+                    pixels,
+                )
+            };
+            tiles
+        }
+        #[cfg(target_arch = "aarch64")]
+        GemmKind::Widening => {
+            for tile in 0..tiles {
+                let first = tile * TILE_OUTPUTS;
+                let rows = &mut out[first * pixels..][..3 * pixels + TILE_PIXELS];
+                let w = weights.tile(tile);
+                // SAFETY: NEON is part of every aarch64 CPU; the slices' lengths are asserted
+                // inside.
+                unsafe {
+                    widening_tile_requantized(
+                        packed,
+                        w,
+                        weights.groups(),
+                        requantize,
+                        first,
+                        rows,
+                        pixels,
+                    )
+                };
+            }
+            tiles
+        }
+        _ => {
+            let _ = (packed, requantize, out, pixels);
+            0
+        }
+    }
 }
 
 /// The i32 sums sum over i of (x[i, p] - input_zero) * w[o, i], [outputs, pixels], tile by tile
@@ -210,15 +258,22 @@ pub(crate) fn gemm_i32(
 ) -> Vec<i32> {
     let mut sums = [[0i32; TILE_PIXELS]; TILE_OUTPUTS];
     let mut out = vec![0i32; weights.outputs * pixels];
-    for_each_tile(weights, x, pixels, |packed, tile, start, width| {
-        let w = weights.tile(tile);
-        tile_sums(weights, packed, w, weights.groups(), &mut sums);
-        for (lane, row) in sums.iter().enumerate() {
-            let o = tile * TILE_OUTPUTS + lane;
-            if o < weights.outputs {
-                let offset = weights.offset(o, input_zero);
-                for (p, s) in row[..width].iter().enumerate() {
-                    out[o * pixels + start + p] = s + offset;
+    for_each_tile(weights, x, pixels, |packed, start, width| {
+        for tile in 0..weights.outputs.div_ceil(TILE_OUTPUTS) {
+            tile_sums(
+                weights,
+                packed,
+                weights.tile(tile),
+                weights.groups(),
+                &mut sums,
+            );
+            for (lane, row) in sums.iter().enumerate() {
+                let o = tile * TILE_OUTPUTS + lane;
+                if o < weights.outputs {
+                    let offset = weights.offset(o, input_zero);
+                    for (p, s) in row[..width].iter().enumerate() {
+                        out[o * pixels + start + p] = s + offset;
+                    }
                 }
             }
         }
@@ -226,27 +281,27 @@ pub(crate) fn gemm_i32(
     out
 }
 
-/// The GEMM's walk: each tile of up to 16 pixels is packed once (`pack_tile`), then `visit(packed,
-/// output tile, first pixel, pixels in the tile)` for every output tile.
+/// The GEMM's walk: each tile of up to 16 pixels is packed (`pack_tile`), then `visit(packed, first
+/// pixel, pixels in the tile)`, which computes every output tile from it.
 #[inline(always)]
 fn for_each_tile(
     weights: &PackedWeights,
     x: &[u8],
     pixels: usize,
-    mut visit: impl FnMut(&[u8], usize, usize, usize),
+    mut visit: impl FnMut(&[u8], usize, usize),
 ) {
     let mut packed = vec![0u8; weights.groups() * TILE_PIXELS * GROUP];
     for start in (0..pixels).step_by(TILE_PIXELS) {
         let width = TILE_PIXELS.min(pixels - start);
         let flip = weights.kind.flip();
         pack_tile(x, weights.inputs, pixels, start, width, flip, &mut packed);
-        for tile in 0..weights.outputs.div_ceil(TILE_OUTPUTS) {
-            visit(&packed, tile, start, width);
-        }
+        visit(&packed, start, width);
     }
 }
 
 /// Packs pixels start..start + width of every channel into one tile: [group][pixel][4 channels].
+/// Only the pixels and channels that exist are written: padded channels meet zero weights and padded
+/// pixels are never read back, so whatever `packed` held there before does.
 fn pack_tile(
     x: &[u8],
     inputs: usize,
@@ -256,64 +311,79 @@ fn pack_tile(
     flip: u8,
     packed: &mut [u8],
 ) {
-    // Padded channels meet zero weights and padded pixels are never read back: any value would do.
-    let pad = 0;
-    for (group, block) in packed.chunks_exact_mut(TILE_PIXELS * GROUP).enumerate() {
-        let channel = |k: usize| {
+    // The common case, whole groups of four channels over a whole tile, as one interleaving loop.
+    let whole = if width == TILE_PIXELS {
+        inputs / GROUP
+    } else {
+        0
+    };
+    let (interleaved, rest) = packed.split_at_mut(whole * TILE_PIXELS * GROUP);
+    interleave_groups(&x[start..], pixels, whole, flip, interleaved);
+    for (group, block) in (whole..).zip(rest.chunks_exact_mut(TILE_PIXELS * GROUP)) {
+        for k in 0..GROUP {
             let i = group * GROUP + k;
-            (i < inputs).then(|| &x[i * pixels + start..][..width])
-        };
-        let rows = [channel(0), channel(1), channel(2), channel(3)];
-        // The common case, a whole tile of four channels, as fixed-size arrays: an interleave the
-        // compiler turns into byte shuffles (ST4 on aarch64).
-        if let [Some(r0), Some(r1), Some(r2), Some(r3)] = rows
-            && let (Ok(r0), Ok(r1), Ok(r2), Ok(r3)) = (
-                <&[u8; TILE_PIXELS]>::try_from(r0),
-                <&[u8; TILE_PIXELS]>::try_from(r1),
-                <&[u8; TILE_PIXELS]>::try_from(r2),
-                <&[u8; TILE_PIXELS]>::try_from(r3),
-            )
-        {
-            interleave4(block, [r0, r1, r2, r3], flip);
-            continue;
-        }
-        for (k, row) in rows.iter().enumerate() {
-            for p in 0..TILE_PIXELS {
-                block[p * GROUP + k] = row.and_then(|r| r.get(p)).map_or(pad, |&v| v ^ flip);
+            if i >= inputs {
+                break;
+            }
+            for (p, &v) in x[i * pixels + start..][..width].iter().enumerate() {
+                block[p * GROUP + k] = v ^ flip;
             }
         }
     }
 }
 
-/// block[4p + k] = rows[k][p] ^ flip for the 16 pixels p of four channels k.
+/// packed[64g + 4p + k] = x[(4g + k) x pixels + p] ^ flip for `groups` groups of four channels and
+/// the 16 pixels p: four loads and one ST4 per group.
 #[cfg(target_arch = "aarch64")]
-fn interleave4(block: &mut [u8], rows: [&[u8; TILE_PIXELS]; 4], flip: u8) {
+fn interleave_groups(x: &[u8], pixels: usize, groups: usize, flip: u8, packed: &mut [u8]) {
     use std::arch::aarch64::*;
-    assert!(block.len() >= TILE_PIXELS * GROUP);
-    // SAFETY: NEON is part of every aarch64 CPU; each row is 16 bytes and the block at least 64
-    // (asserted), which is what the loads and the one ST4 touch.
+    if groups == 0 {
+        return;
+    }
+    assert!(packed.len() >= groups * TILE_PIXELS * GROUP);
+    assert!(x.len() >= (groups * GROUP - 1) * pixels + TILE_PIXELS);
+    // SAFETY: NEON is part of every aarch64 CPU; group g reads 16 bytes at (4g + k) x pixels for k <
+    // 4, the last of which ends inside `x`, and writes 64 bytes at 64g, inside `packed` (asserted).
     unsafe {
         let f = vdupq_n_u8(flip);
-        let lanes = uint8x16x4_t(
-            veorq_u8(vld1q_u8(rows[0].as_ptr()), f),
-            veorq_u8(vld1q_u8(rows[1].as_ptr()), f),
-            veorq_u8(vld1q_u8(rows[2].as_ptr()), f),
-            veorq_u8(vld1q_u8(rows[3].as_ptr()), f),
-        );
-        vst4q_u8(block.as_mut_ptr(), lanes);
+        let (mut src, mut dst) = (x.as_ptr(), packed.as_mut_ptr());
+        for _ in 0..groups {
+            let lanes = uint8x16x4_t(
+                veorq_u8(vld1q_u8(src), f),
+                veorq_u8(vld1q_u8(src.add(pixels)), f),
+                veorq_u8(vld1q_u8(src.add(2 * pixels)), f),
+                veorq_u8(vld1q_u8(src.add(3 * pixels)), f),
+            );
+            vst4q_u8(dst, lanes);
+            src = src.add(GROUP * pixels);
+            dst = dst.add(TILE_PIXELS * GROUP);
+        }
     }
 }
 
-/// block[4p + k] = rows[k][p] ^ flip for the 16 pixels p of four channels k.
+/// packed[64g + 4p + k] = x[(4g + k) x pixels + p] ^ flip for `groups` groups of four channels and
+/// the 16 pixels p.
 #[cfg(not(target_arch = "aarch64"))]
-fn interleave4(block: &mut [u8], rows: [&[u8; TILE_PIXELS]; 4], flip: u8) {
-    for (p, out) in block.chunks_exact_mut(GROUP).enumerate() {
-        out.copy_from_slice(&[
-            rows[0][p] ^ flip,
-            rows[1][p] ^ flip,
-            rows[2][p] ^ flip,
-            rows[3][p] ^ flip,
-        ]);
+fn interleave_groups(x: &[u8], pixels: usize, groups: usize, flip: u8, packed: &mut [u8]) {
+    for (g, block) in packed
+        .chunks_exact_mut(TILE_PIXELS * GROUP)
+        .take(groups)
+        .enumerate()
+    {
+        let row = |k: usize| -> &[u8; TILE_PIXELS] {
+            x[(g * GROUP + k) * pixels..][..TILE_PIXELS]
+                .try_into()
+                .unwrap()
+        };
+        let rows = [row(0), row(1), row(2), row(3)];
+        for (p, out) in block.chunks_exact_mut(GROUP).enumerate() {
+            out.copy_from_slice(&[
+                rows[0][p] ^ flip,
+                rows[1][p] ^ flip,
+                rows[2][p] ^ flip,
+                rows[3][p] ^ flip,
+            ]);
+        }
     }
 }
 
@@ -340,20 +410,6 @@ fn tile_sums(
         GemmKind::Widening => unsafe { widening_tile(packed, weights, groups, sums) },
         _ => portable_tile(packed, weights, sums),
     }
-}
-
-/// The assembly that requantizes 4 sums (offset included) in v`v` to rounded i32, as
-/// `Requantize::row` does: to f32, times lane `r` of the scales in v`scales`, plus the shift in every
-/// lane of v`shift`, converted rounding to nearest, ties to even.
-#[cfg(target_arch = "aarch64")]
-macro_rules! requantize_vector {
-    ($v:literal, $scales:literal, $r:literal, $shift:literal) => {
-        concat!(
-            "scvtf v", $v, ".4s, v", $v, ".4s\n", "fmul v", $v, ".4s, v", $v, ".4s, v", $scales,
-            ".s[", $r, "]\n", "fadd v", $v, ".4s, v", $v, ".4s, v", $shift, ".4s\n", "fcvtns v",
-            $v, ".4s, v", $v, ".4s\n",
-        )
-    };
 }
 
 /// The assembly of a loop over {n} steps (channel groups, or pairs of them) of `$step`'s
@@ -540,7 +596,7 @@ macro_rules! requantize_widening_row {
 }
 
 /// `widening_tile` for a whole tile (the 4 outputs from `first`, 16 pixels), requantized in
-/// registers as `sdot_tile_requantized` does it: each output's sums start from its offset (in the
+/// registers as `sdot_tiles_requantized` does it: each output's sums start from its offset (in the
 /// first of each pair of lanes that the final pairwise add joins), and each half-tile's 8 bytes go
 /// into the four rows of `rows`, `stride` bytes apart.
 #[cfg(target_arch = "aarch64")]
@@ -723,40 +779,47 @@ macro_rules! requantize_sdot_row {
     };
 }
 
-/// `sdot_tile` for a whole tile (the 4 outputs from `first`, 16 pixels), requantized in registers
-/// as `Requantize::row` does it: the sums start from the offset; a multiply then an add, rounded to
-/// nearest even; the zero point added with saturation (after narrowing to 16 bits, which saturates
-/// no differently); stored as 16 bytes into each of the four rows of `rows`, `stride` bytes apart.
+/// `sdot_tile` for `tiles` whole output tiles (4 outputs each, from output 0, 16 pixels) in one
+/// loop, requantized in registers as `Requantize::row` does it: the sums start from the offset; a
+/// multiply then an add, rounded to nearest even; the zero point added with saturation (after
+/// narrowing to 16 bits, which saturates no differently); each output's 16 bytes stored into its row
+/// of `out`, rows `stride` bytes apart. `weights` holds the tiles' weights one after another.
 #[cfg(target_arch = "aarch64")]
 #[target_feature(enable = "dotprod")]
-unsafe fn sdot_tile_requantized(
+unsafe fn sdot_tiles_requantized(
     packed: &[u8],
     weights: &[i8],
     groups: usize,
+    tiles: usize,
     requantize: &Requantize,
-    first: usize,
-    rows: &mut [u8],
+    out: &mut [u8],
     stride: usize,
 ) {
-    assert!(groups > 0 && packed.len() >= groups * 64 && weights.len() >= groups * 16);
-    assert!(rows.len() >= 3 * stride + TILE_PIXELS);
-    let offsets = &requantize.offset[first..first + TILE_OUTPUTS];
-    let scales = &requantize.scale[first..first + TILE_OUTPUTS];
-    let shifts = &requantize.shift[first..first + TILE_OUTPUTS];
-    // SAFETY: the caller guarantees the dot-product extension; the loads stay within the lengths
-    // asserted above (and 4 offsets, scales and shifts, checked by the slicing), and the four
-    // 16-byte stores, `stride` apart, within `rows` (asserted).
+    let outputs = tiles * TILE_OUTPUTS;
+    assert!(groups > 0 && tiles > 0 && packed.len() >= groups * 64);
+    assert!(weights.len() >= tiles * groups * 16);
+    assert!(out.len() >= (outputs - 1) * stride + TILE_PIXELS);
+    let offsets = &requantize.offset[..outputs];
+    let scales = &requantize.scale[..outputs];
+    let shifts = &requantize.shift[..outputs];
+    // SAFETY: the caller guarantees the dot-product extension. Tile t reads the `groups` blocks of
+    // `packed` and of its weights (16 x groups bytes from 16 x groups x t), 4 offsets, scales and
+    // shifts from 4t (all inside the lengths asserted or sliced above), and stores 16 bytes at the
+    // start of rows 4t..4t + 3 of `out` (asserted).
     unsafe {
         std::arch::asm!(
-            "ld1 {{v21.4s}}, [{offsets}]",
-            "dup v0.4s, v21.s[0]", "dup v1.4s, v21.s[0]", "dup v2.4s, v21.s[0]", "dup v3.4s, v21.s[0]",
-            "dup v4.4s, v21.s[1]", "dup v5.4s, v21.s[1]", "dup v6.4s, v21.s[1]", "dup v7.4s, v21.s[1]",
-            "dup v8.4s, v21.s[2]", "dup v9.4s, v21.s[2]", "dup v10.4s, v21.s[2]", "dup v11.4s, v21.s[2]",
-            "dup v12.4s, v21.s[3]", "dup v13.4s, v21.s[3]", "dup v14.4s, v21.s[3]", "dup v15.4s, v21.s[3]",
-            two_per_turn!(sdot_group!()),
-            "ld1 {{v21.4s}}, [{scales}]",
-            "ld1 {{v22.4s}}, [{shifts}]",
             "dup v23.8h, {zero:w}",
+            "1:",
+            "mov {x}, {packed}",
+            "mov {n}, {groups}",
+            "ld1 {{v27.4s}}, [{offsets}], #16",
+            "dup v0.4s, v27.s[0]", "dup v1.4s, v27.s[0]", "dup v2.4s, v27.s[0]", "dup v3.4s, v27.s[0]",
+            "dup v4.4s, v27.s[1]", "dup v5.4s, v27.s[1]", "dup v6.4s, v27.s[1]", "dup v7.4s, v27.s[1]",
+            "dup v8.4s, v27.s[2]", "dup v9.4s, v27.s[2]", "dup v10.4s, v27.s[2]", "dup v11.4s, v27.s[2]",
+            "dup v12.4s, v27.s[3]", "dup v13.4s, v27.s[3]", "dup v14.4s, v27.s[3]", "dup v15.4s, v27.s[3]",
+            two_per_turn!(sdot_group!()),
+            "ld1 {{v21.4s}}, [{scales}], #16",
+            "ld1 {{v22.4s}}, [{shifts}], #16",
             requantize_sdot_row!("0", "1", "2", "3", "0"),
             "add {out}, {out}, {stride}",
             requantize_sdot_row!("4", "5", "6", "7", "1"),
@@ -764,21 +827,28 @@ unsafe fn sdot_tile_requantized(
             requantize_sdot_row!("8", "9", "10", "11", "2"),
             "add {out}, {out}, {stride}",
             requantize_sdot_row!("12", "13", "14", "15", "3"),
-            offsets = in(reg) offsets.as_ptr(),
-            scales = in(reg) scales.as_ptr(),
-            shifts = in(reg) shifts.as_ptr(),
+            "add {out}, {out}, {stride}",
+            "subs {tiles}, {tiles}, #1",
+            "b.ne 1b",
+            packed = in(reg) packed.as_ptr(),
+            groups = in(reg) groups,
             zero = in(reg) u32::from(requantize.zero),
             stride = in(reg) stride,
-            x = inout(reg) packed.as_ptr() => _,
+            offsets = inout(reg) offsets.as_ptr() => _,
+            scales = inout(reg) scales.as_ptr() => _,
+            shifts = inout(reg) shifts.as_ptr() => _,
+            tiles = inout(reg) tiles => _,
+            x = out(reg) _,
+            n = out(reg) _,
             w = inout(reg) weights.as_ptr() => _,
-            n = inout(reg) groups => _,
-            out = inout(reg) rows.as_mut_ptr() => _,
+            out = inout(reg) out.as_mut_ptr() => _,
             out("v0") _, out("v1") _, out("v2") _, out("v3") _,
             out("v4") _, out("v5") _, out("v6") _, out("v7") _,
             out("v8") _, out("v9") _, out("v10") _, out("v11") _,
             out("v12") _, out("v13") _, out("v14") _, out("v15") _,
             out("v16") _, out("v17") _, out("v18") _, out("v19") _, out("v20") _,
             out("v21") _, out("v22") _, out("v23") _, out("v24") _, out("v25") _, out("v26") _,
+            out("v27") _,
             options(nostack),
         );
     }

@@ -1,6 +1,21 @@
 //! face-edge's tract operators, one module each, and what they share: the folded activation
 //! (`Clamp`), the geometry of a 3x3 window (`Window`) and typed access to tensor values.
 
+/// The assembly that requantizes 4 sums (offset included) in v`v` to rounded i32, as
+/// `Requantize::row` does: to f32, times lane `r` of the scales in v`scales`, plus the shift in every
+/// lane of v`shift`, converted rounding to nearest, ties to even.
+// Defined before the modules that use it (the int8 GEMM and depthwise kernels).
+#[cfg(target_arch = "aarch64")]
+macro_rules! requantize_vector {
+    ($v:literal, $scales:literal, $r:literal, $shift:literal) => {
+        concat!(
+            "scvtf v", $v, ".4s, v", $v, ".4s\n", "fmul v", $v, ".4s, v", $v, ".4s, v", $scales,
+            ".s[", $r, "]\n", "fadd v", $v, ".4s, v", $v, ".4s, v", $shift, ".4s\n", "fcvtns v",
+            $v, ".4s, v", $v, ".4s\n",
+        )
+    };
+}
+
 mod depthwise;
 mod first_layer;
 mod int8_gemm;
@@ -157,16 +172,11 @@ impl Window {
         if rows == 0 || columns == 0 {
             return;
         }
-        // Checked once here rather than row by row.
-        let (src, padded) = (
-            &src[..(rows - 1) * w + columns],
-            &mut padded[..first + (rows - 1) * pw + columns],
-        );
-        for r in 0..rows {
-            T::copy_row(
-                &src[r * w..][..columns],
-                &mut padded[first + r * pw..][..columns],
-            );
+        // Row r of the source to row r of the image area; every padded row but the last is whole,
+        // and that one is at least `columns` long.
+        let padded = &mut padded[first..first + (rows - 1) * pw + columns];
+        for (line, out) in src.chunks_exact(w).zip(padded.chunks_mut(pw)) {
+            T::copy_row(&line[..columns], &mut out[..columns]);
         }
     }
 
@@ -208,18 +218,11 @@ impl PadFrom<u8> for i16 {
         assert_eq!(src.len(), dst.len());
         #[cfg(target_arch = "aarch64")]
         if src.len() >= 4 {
-            let n = src.len();
             use std::arch::aarch64::*;
-            // The rows are short (7 to 56 values here): whole chunks of 8 (or of 4 below 8) and a
-            // last chunk that ends at the row's end, overlapping the one before, instead of a
-            // scalar tail.
-            let chunk = if n >= 8 { 8 } else { 4 };
-            let last = n - chunk;
-            let mut at = 0;
-            loop {
-                let start = at.min(last);
-                // SAFETY: NEON is part of every aarch64 CPU; start + chunk <= n, the length of
-                // both slices (asserted).
+            let chunk = if src.len() >= 8 { 8 } else { 4 };
+            return overlapping_chunks(src.len(), chunk, |start| {
+                // SAFETY: NEON is part of every aarch64 CPU; start + chunk <= the length of both
+                // slices (asserted).
                 unsafe {
                     let (from, to) = (src.as_ptr().add(start), dst.as_mut_ptr().add(start));
                     if chunk == 8 {
@@ -230,16 +233,64 @@ impl PadFrom<u8> for i16 {
                         vst1_s16(to, vreinterpret_s16_u16(vget_low_u16(wide)));
                     }
                 }
-                if start == last {
-                    break;
-                }
-                at += chunk;
-            }
-            return;
+            });
         }
         for (d, &v) in dst.iter_mut().zip(src) {
             *d = i16::from(v);
         }
+    }
+}
+
+/// Offset: the dot-product depthwise kernel at stride 1 reads signed bytes x - 128 (the top bit
+/// flipped).
+impl PadFrom<u8> for i8 {
+    #[inline]
+    fn copy_row(src: &[u8], dst: &mut [i8]) {
+        assert_eq!(src.len(), dst.len());
+        #[cfg(target_arch = "aarch64")]
+        if src.len() >= 4 {
+            use std::arch::aarch64::*;
+            let chunk = [16, 8, 4]
+                .into_iter()
+                .find(|&c| src.len() >= c)
+                .unwrap_or(4);
+            return overlapping_chunks(src.len(), chunk, |start| {
+                // SAFETY: NEON is part of every aarch64 CPU; start + chunk <= the length of both
+                // slices (asserted).
+                unsafe {
+                    let (from, to) = (src.as_ptr().add(start), dst.as_mut_ptr().add(start));
+                    match chunk {
+                        16 => vst1q_u8(to.cast(), veorq_u8(vld1q_u8(from), vdupq_n_u8(0x80))),
+                        8 => vst1_u8(to.cast(), veor_u8(vld1_u8(from), vdup_n_u8(0x80))),
+                        _ => {
+                            let four = from.cast::<u32>().read_unaligned() ^ 0x8080_8080;
+                            to.cast::<u32>().write_unaligned(four);
+                        }
+                    }
+                }
+            });
+        }
+        for (d, &v) in dst.iter_mut().zip(src) {
+            *d = (v ^ 0x80) as i8;
+        }
+    }
+}
+
+/// Calls `copy(start)` for chunks of `chunk` values that cover 0..len (len >= chunk): whole chunks,
+/// and a last one that ends at `len`, overlapping the one before, instead of a scalar tail (the
+/// padded rows are short: 7 to 56 values here).
+#[cfg(target_arch = "aarch64")]
+#[inline(always)]
+fn overlapping_chunks(len: usize, chunk: usize, mut copy: impl FnMut(usize)) {
+    let last = len - chunk;
+    let mut at = 0;
+    loop {
+        let start = at.min(last);
+        copy(start);
+        if start == last {
+            break;
+        }
+        at += chunk;
     }
 }
 

@@ -186,23 +186,28 @@ impl EvalOp for QuantizedDepthwise {
         // Stride 1: the plane in one pass, output (y, x) computed at y * pw + x, so each tap is one
         // slice of the padded plane (the two columns past each row are computed and dropped).
         // Stride 2: row by row, each block of outputs reading its three padded rows' even and odd
-        // columns. Either way in whole blocks of DEPTHWISE_BLOCK outputs, into `computed`; the
-        // padded plane has slack so that the last block reads inside it.
+        // columns. Either way in whole blocks of outputs, into `computed`; the padded plane has
+        // slack so that the last block reads inside it.
         let computed_len = if window.stride == 1 {
             (oh - 1) * pw + ow
         } else {
             ow
         };
-        let mut computed = vec![0u8; computed_len.next_multiple_of(DEPTHWISE_BLOCK)];
-        // Stride 1 reads its padded plane widened to 16 bits (one conversion per input value
-        // instead of one per tap); stride 2 reads bytes, split into even and odd columns as loaded.
-        let slack = 3 * DEPTHWISE_BLOCK;
-        let zero = self.input_zero;
-        let (mut padded, mut widened) = if window.stride == 1 {
-            (Vec::new(), vec![i16::from(zero); ph * pw + slack])
+        // With the dot product, both strides read the plane as signed bytes x - 128; without,
+        // stride 1 reads it widened to 16 bits (one conversion per input value instead of one per
+        // tap) and stride 2 as bytes.
+        let dot = DotDepthwise::available();
+        let block = if dot {
+            DotDepthwise::BLOCK
         } else {
-            (vec![zero; ph * pw + slack], Vec::new())
+            DEPTHWISE_BLOCK
         };
+        let mut computed = vec![0u8; computed_len.next_multiple_of(block)];
+        let zero = self.input_zero;
+        let plane = |used: bool| if used { ph * pw + 3 * block } else { 0 };
+        let mut signed = vec![(zero ^ 0x80) as i8; plane(dot)];
+        let mut widened = vec![i16::from(zero); plane(!dot && window.stride == 1)];
+        let mut padded = vec![zero; plane(!dot && window.stride != 1)];
         // SAFETY: u8 has no invalid bit patterns, and every output row is copied into below.
         let mut out = unsafe { Tensor::uninitialized::<u8>(&window.output_shape)? };
         let planes = data
@@ -211,19 +216,38 @@ impl EvalOp for QuantizedDepthwise {
         for (i, (src, dst)) in planes.enumerate() {
             let ch = i % c;
             let k: &[i16; 9] = self.kernel[ch * 9..][..9].try_into()?;
-            if window.stride == 1 {
+            if dot {
+                window.pad_rows(src, &mut signed);
+            } else if window.stride == 1 {
                 window.pad_rows(src, &mut widened);
-                let sources = std::array::from_fn(|t| &widened[(t / 3) * pw + t % 3..]);
-                depthwise_blocks(&mut computed, sources, k, &self.requantize, ch);
+            } else {
+                window.pad_rows(src, &mut padded);
+            }
+            let dot = dot.then(|| DotDepthwise::new(k, &self.requantize, ch));
+            if window.stride == 1 {
+                match &dot {
+                    Some(dot) => dot.plane(&mut computed, &signed, pw),
+                    None => {
+                        let sources = std::array::from_fn(|t| &widened[(t / 3) * pw + t % 3..]);
+                        depthwise_blocks(&mut computed, sources, k, &self.requantize, ch);
+                    }
+                }
                 for (row, plane_row) in dst.chunks_exact_mut(ow).zip(computed.chunks(pw)) {
                     row.copy_from_slice(&plane_row[..ow]);
                 }
                 continue;
             }
-            window.pad_rows(src, &mut padded);
             for (oy, row) in dst.chunks_exact_mut(ow).enumerate() {
-                let rows = std::array::from_fn(|ky| &padded[(2 * oy + ky) * pw..]);
-                depthwise_blocks_stride2(&mut computed, rows, k, &self.requantize, ch);
+                let at = |ky: usize| (2 * oy + ky) * pw;
+                match &dot {
+                    Some(dot) => {
+                        dot.stride2(&mut computed, std::array::from_fn(|ky| &signed[at(ky)..]))
+                    }
+                    None => {
+                        let rows = std::array::from_fn(|ky| &padded[at(ky)..]);
+                        depthwise_blocks_stride2(&mut computed, rows, k, &self.requantize, ch);
+                    }
+                }
                 row.copy_from_slice(&computed[..ow]);
             }
         }
@@ -249,6 +273,73 @@ fn depthwise_blocks(
     neon::depthwise_blocks(out, sources, k, requantize, ch);
     #[cfg(not(target_arch = "aarch64"))]
     portable::depthwise(out, sources.map(|s| (s, 1)), k, requantize, ch);
+}
+
+/// The depthwise convolution with the aarch64 dot product (ARMv8.2: the Pi 5's Cortex-A76), over
+/// a padded plane of signed bytes x - 128: each kernel row's three taps (and a zero) are one SDOT
+/// lane, so 4 loads and 4 SDOT give a row's share of 16 outputs. The sums are exact, as the other
+/// kernels', so the bytes are the same on every CPU. One channel's taps and requantization.
+#[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
+pub(crate) struct DotDepthwise {
+    /// Kernel row ky's taps in bytes 4ky..4ky + 2 (the dot product's lane ky), the fourth byte 0.
+    taps: [i8; 16],
+    offset: i32,
+    scale: f32,
+    shift: f32,
+    zero: u8,
+}
+
+impl DotDepthwise {
+    /// Outputs it computes at a time.
+    const BLOCK: usize = 16;
+
+    /// Whether this CPU runs it.
+    pub(crate) fn available() -> bool {
+        cfg!(target_arch = "aarch64") && crate::cpu::features().dotprod
+    }
+
+    /// Channel `ch` of a depthwise layer with kernel `k` (int8 values).
+    pub(crate) fn new(k: &[i16; 9], requantize: &Requantize, ch: usize) -> DotDepthwise {
+        assert!(Self::available());
+        let mut taps = [0i8; 16];
+        for (t, &w) in k.iter().enumerate() {
+            taps[t / 3 * 4 + t % 3] = w as i8;
+        }
+        DotDepthwise {
+            taps,
+            // The 128 taken off each byte comes back through the offset: 128 x the weights' sum.
+            offset: requantize.offset[ch] + 128 * k.iter().map(|&w| i32::from(w)).sum::<i32>(),
+            scale: requantize.scale[ch],
+            shift: requantize.shift[ch],
+            zero: requantize.zero,
+        }
+    }
+
+    /// Stride 1: out[i] = requantized sum over ky, kx of k[3ky + kx] * (plane[i + ky x row + kx] +
+    /// 128); `out` a whole number of blocks, `plane` at least out.len() + 2 x row + 3 long.
+    pub(crate) fn plane(&self, out: &mut [u8], plane: &[i8], row: usize) {
+        assert!(plane.len() >= out.len() + 2 * row + 3);
+        let rows = [0, row, 2 * row].map(|at| &plane[at..]);
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: `new` asserted the dot-product extension; the lengths are asserted inside.
+        unsafe {
+            neon::depthwise_sdot::<1>(out, rows, self)
+        };
+        #[cfg(not(target_arch = "aarch64"))]
+        let _ = (out, rows);
+    }
+
+    /// Stride 2: out[x] = requantized sum over ky, kx of k[3ky + kx] * (rows[ky][2x + kx] + 128);
+    /// `out` a whole number of blocks, every row at least 2 x out.len() + 2 long.
+    pub(crate) fn stride2(&self, out: &mut [u8], rows: [&[i8]; 3]) {
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: `new` asserted the dot-product extension; the lengths are asserted inside.
+        unsafe {
+            neon::depthwise_sdot::<2>(out, rows, self)
+        };
+        #[cfg(not(target_arch = "aarch64"))]
+        let _ = (out, rows);
+    }
 }
 
 /// The same at stride 2: out[x] = requantized sum over ky, kx of k[3ky + kx] * rows[ky][2x + kx];
@@ -749,6 +840,138 @@ mod neon {
                 vst1_u8(
                     out.as_mut_ptr().add(block),
                     requantized(low, high, scale, shift, zero),
+                );
+            }
+        }
+    }
+
+    /// `DotDepthwise::plane` (STRIDE 1) and `stride2` (STRIDE 2): per block of 16 outputs and
+    /// kernel row ky, four loads of 16 bytes from the block's start in row ky, each SDOT-ed by lane
+    /// ky of the taps into its own accumulator. At stride 1 the loads are at offsets 0..3 and lane
+    /// j of accumulator s sums output 4j + s; TBL puts the requantized bytes back in order. At
+    /// stride 2 they are at 0, 2, 16 and 18: lane j of each sums outputs 2j, 2j + 1, 8 + 2j and 9 +
+    /// 2j, and ST2 stores the even and odd outputs interleaved.
+    #[target_feature(enable = "dotprod")]
+    pub(super) unsafe fn depthwise_sdot<const STRIDE: usize>(
+        out: &mut [u8],
+        rows: [&[i8]; 3],
+        dot: &super::DotDepthwise,
+    ) {
+        let blocks = out.len() / 16;
+        assert!(out.len().is_multiple_of(16) && blocks > 0 && (STRIDE == 1 || STRIDE == 2));
+        // The furthest byte block b reads is 16 x STRIDE x b + 15 + (3 or 18).
+        let reads = STRIDE * out.len() + if STRIDE == 1 { 3 } else { 2 };
+        assert!(rows.iter().all(|r| r.len() >= reads));
+        // Byte n of the result is output n, which TBL takes from where the narrowing left it:
+        // accumulators 0, 2, 1, 3 in that order.
+        const ORDER: [u8; 16] = [0, 8, 4, 12, 1, 9, 5, 13, 2, 10, 6, 14, 3, 11, 7, 15];
+        macro_rules! kernel_row {
+            ($r:literal, $lane:literal, $o1:literal, $o2:literal, $o3:literal) => {
+                concat!(
+                    "ldr q4, [{",
+                    $r,
+                    "}]\n",
+                    "ldur q5, [{",
+                    $r,
+                    "}, #",
+                    $o1,
+                    "]\n",
+                    "ldur q6, [{",
+                    $r,
+                    "}, #",
+                    $o2,
+                    "]\n",
+                    "ldur q7, [{",
+                    $r,
+                    "}, #",
+                    $o3,
+                    "]\n",
+                    "sdot v0.4s, v4.16b, v21.4b[",
+                    $lane,
+                    "]\n",
+                    "sdot v1.4s, v5.16b, v21.4b[",
+                    $lane,
+                    "]\n",
+                    "sdot v2.4s, v6.16b, v21.4b[",
+                    $lane,
+                    "]\n",
+                    "sdot v3.4s, v7.16b, v21.4b[",
+                    $lane,
+                    "]\n",
+                    "add {",
+                    $r,
+                    "}, {",
+                    $r,
+                    "}, {step}\n",
+                )
+            };
+        }
+        macro_rules! block {
+            ($o1:literal, $o2:literal, $o3:literal, $store:expr) => {
+                concat!(
+                    "2:\n",
+                    "mov v0.16b, v20.16b\n",
+                    "mov v1.16b, v20.16b\n",
+                    "mov v2.16b, v20.16b\n",
+                    "mov v3.16b, v20.16b\n",
+                    kernel_row!("r0", "0", $o1, $o2, $o3),
+                    kernel_row!("r1", "1", $o1, $o2, $o3),
+                    kernel_row!("r2", "2", $o1, $o2, $o3),
+                    requantize_vector!("0", "22", "0", "23"),
+                    requantize_vector!("1", "22", "0", "23"),
+                    requantize_vector!("2", "22", "0", "23"),
+                    requantize_vector!("3", "22", "0", "23"),
+                    $store,
+                    "subs {n}, {n}, #1\n",
+                    "b.ne 2b\n",
+                )
+            };
+        }
+        // SAFETY: the caller guarantees the dot-product extension. Block b reads 16 bytes at 16 x
+        // STRIDE x b + (0..=3 or 0, 2, 16, 18) of each row, inside it (asserted), and writes
+        // out[16b..16b + 16].
+        unsafe {
+            let [r0, r1, r2] = rows.map(|r| r.as_ptr());
+            let (out, n, step) = (out.as_mut_ptr(), blocks, 16 * STRIDE);
+            let (offset, taps) = (vdupq_n_s32(dot.offset), vld1q_s8(dot.taps.as_ptr()));
+            let (scale, shift) = (vdupq_n_f32(dot.scale), vdupq_n_f32(dot.shift));
+            let zero = vdupq_n_s16(i16::from(dot.zero));
+            if STRIDE == 1 {
+                std::arch::asm!(
+                    block!("1", "2", "3", concat!(
+                        "sqxtn v16.4h, v0.4s\n", "sqxtn2 v16.8h, v2.4s\n",
+                        "sqxtn v17.4h, v1.4s\n", "sqxtn2 v17.8h, v3.4s\n",
+                        "sqadd v16.8h, v16.8h, v24.8h\n", "sqadd v17.8h, v17.8h, v24.8h\n",
+                        "sqxtun v16.8b, v16.8h\n", "sqxtun2 v16.16b, v17.8h\n",
+                        "tbl v16.16b, {{v16.16b}}, v25.16b\n",
+                        "st1 {{v16.16b}}, [{out}], #16\n",
+                    )),
+                    r0 = inout(reg) r0 => _, r1 = inout(reg) r1 => _, r2 = inout(reg) r2 => _,
+                    out = inout(reg) out => _, n = inout(reg) n => _, step = in(reg) step,
+                    in("v20") offset, in("v21") taps, in("v22") scale, in("v23") shift,
+                    in("v24") zero, in("v25") vld1q_u8(ORDER.as_ptr()),
+                    out("v0") _, out("v1") _, out("v2") _, out("v3") _,
+                    out("v4") _, out("v5") _, out("v6") _, out("v7") _,
+                    out("v16") _, out("v17") _,
+                    options(nostack),
+                );
+            } else {
+                std::arch::asm!(
+                    block!("2", "16", "18", concat!(
+                        "sqxtn v16.4h, v0.4s\n", "sqxtn2 v16.8h, v2.4s\n",
+                        "sqxtn v17.4h, v1.4s\n", "sqxtn2 v17.8h, v3.4s\n",
+                        "sqadd v16.8h, v16.8h, v24.8h\n", "sqadd v17.8h, v17.8h, v24.8h\n",
+                        "sqxtun v16.8b, v16.8h\n", "sqxtun v17.8b, v17.8h\n",
+                        "st2 {{v16.8b, v17.8b}}, [{out}], #16\n",
+                    )),
+                    r0 = inout(reg) r0 => _, r1 = inout(reg) r1 => _, r2 = inout(reg) r2 => _,
+                    out = inout(reg) out => _, n = inout(reg) n => _, step = in(reg) step,
+                    in("v20") offset, in("v21") taps, in("v22") scale, in("v23") shift,
+                    in("v24") zero,
+                    out("v0") _, out("v1") _, out("v2") _, out("v3") _,
+                    out("v4") _, out("v5") _, out("v6") _, out("v7") _,
+                    out("v16") _, out("v17") _,
+                    options(nostack),
                 );
             }
         }
