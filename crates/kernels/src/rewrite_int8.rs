@@ -8,7 +8,8 @@
 
 use crate::ops::*;
 use crate::rewrite::{
-    added_after, depthwise_for, kernel_and_bias, patch_through, planar_pointwise, window_for,
+    added_after, depthwise_for, kernel_and_bias, max_pool_for, patch_through, planar_pointwise,
+    window_for,
 };
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -28,13 +29,15 @@ pub(crate) fn integer_patch(
     model: &TypedModel,
     node: &TypedNode,
 ) -> TractResult<Option<TypedModelPatch>> {
-    let rewrites: [Rewrite; 6] = [
+    let rewrites: [Rewrite; 8] = [
+        quantized_max_pool,
         quantized_pointwise,
         quantized_depthwise,
         quantized_conv3x3,
         quantized_add,
         quantized_channel_mul,
         lookup_table,
+        input_quantizer,
     ];
     for rewrite in rewrites {
         if let Some(patch) = rewrite(model, node)? {
@@ -479,6 +482,52 @@ pub(crate) fn quantized_channel_mul(
     )?))
 }
 
+/// `DequantizeLinear(u8) -> 2x2 max pool -> QuantizeLinear(u8)`: the pool on the codes (the largest
+/// code is the largest value's), then the codes from the input's quantization to the output's as a
+/// table of 256 values (none when the two are the same), made by tract's own two quantizer ops.
+fn quantized_max_pool(
+    model: &TypedModel,
+    node: &TypedNode,
+) -> TractResult<Option<TypedModelPatch>> {
+    let Some(pool) = max_pool_for(model, node)? else {
+        return Ok(None);
+    };
+    let Some(input) = dequantized(model, node.inputs[0])? else {
+        return Ok(None);
+    };
+    let Some(output) = quantized_after(model, OutletId::new(node.id, 0))? else {
+        return Ok(None);
+    };
+    let mut table_model = TypedModel::default();
+    let codes = table_model.add_source("codes", u8::fact([256]))?;
+    let dequantizer = model.node(node.inputs[0].node).op.clone();
+    let real = table_model.wire_node("dq", dequantizer, &[codes])?[0];
+    let quantizer = model.node(output.outlet.node).op.clone();
+    let requantized = table_model.wire_node("q", quantizer, &[real])?[0];
+    table_model.select_output_outlets(&[requantized])?;
+    let values = Tensor::from_shape(&[256], &(0..=255u8).collect::<Vec<u8>>())?;
+    let table = table_model
+        .into_runnable()?
+        .run(tvec!(values.into_tvalue()))?
+        .remove(0);
+    let table: [u8; 256] = table.try_as_plain_ram()?.as_slice::<u8>()?.try_into()?;
+    let mut patch = TypedModelPatch::default();
+    let source = patch.tap_model(model, input.outlet)?;
+    let mut pooled = patch.wire_node(&node.name, pool, &[source])?[0];
+    if table
+        .iter()
+        .enumerate()
+        .any(|(code, &to)| code != to as usize)
+    {
+        let op = Table256 {
+            table: Arc::new(table),
+        };
+        pooled = patch.wire_node(format!("{}.requantized", node.name), op, &[pooled])?[0];
+    }
+    patch.shunt_outside(model, output.outlet, pooled)?;
+    Ok(Some(patch))
+}
+
 /// Whether `node` computes each output value from the values at the same place of its inputs (of
 /// the output's shape) and scalar constants only: what a table of 256 entries can stand for.
 fn element_wise(model: &TypedModel, node: &TypedNode) -> TractResult<bool> {
@@ -593,6 +642,29 @@ pub(crate) fn lookup_table(
     let looked_up = patch.wire_node(format!("{}.table", node.name), op, &[tapped])?[0];
     patch.shunt_outside(model, output, looked_up)?;
     Ok(Some(patch))
+}
+
+/// A QuantizeLinear(u8) of any other f32 tensor (the graph's input): tract's op, vectorised.
+fn input_quantizer(model: &TypedModel, node: &TypedNode) -> TractResult<Option<TypedModelPatch>> {
+    let Some(q) = node
+        .op_as::<ElementWiseOp>()
+        .and_then(|op| op.0.downcast_ref::<QuantizeLinearU8>())
+    else {
+        return Ok(None);
+    };
+    if model.outlet_fact(node.inputs[0])?.datum_type != f32::datum_type() {
+        return Ok(None);
+    }
+    let op = QuantizeU8 {
+        multiplier: q.scale,
+        zero: q.zero_point,
+    };
+    Ok(Some(TypedModelPatch::replace_single_op(
+        model,
+        node,
+        &node.inputs,
+        op,
+    )?))
 }
 
 /// The uint8 values `output` takes for each of the 256 values of `source`: the nodes between them

@@ -23,7 +23,7 @@ fn values(n: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
-fn pool_spec(c: usize, kernel: usize, stride: usize, padding: PaddingSpec) -> PoolSpec {
+pub(crate) fn pool_spec(c: usize, kernel: usize, stride: usize, padding: PaddingSpec) -> PoolSpec {
     PoolSpec {
         data_format: DataFormat::NCHW,
         kernel_shape: tvec![kernel, kernel],

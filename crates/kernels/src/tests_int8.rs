@@ -6,7 +6,7 @@ use crate::rewrite_int8::int8_rows;
 use crate::tests::{both, optimised_ops};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::ops::cnn::conv::KernelFormat;
-use tract_onnx::tract_core::ops::cnn::{Conv, PaddingSpec, PoolSpec};
+use tract_onnx::tract_core::ops::cnn::{Conv, MaxPool, PaddingSpec, PoolSpec};
 use tract_onnx::tract_core::ops::math;
 use tract_onnx::tract_core::ops::nn::DataFormat;
 use tract_onnx::tract_core::ops::quant::{DequantizeLinearF32, quantize_linear_u8};
@@ -491,4 +491,48 @@ fn depthwise_is_exact(c: usize, (h, w): (usize, usize), stride: usize, pad: usiz
         expected,
         "{kernel} depthwise {c}x{h}x{w}, stride {stride}, padding {pad}"
     );
+}
+
+#[test]
+fn a_max_pool_between_quantizers_pools_the_codes() {
+    // The output quantized like the input (the codes pooled as they are), or with its own scale and
+    // zero point (then a table from one to the other); odd sizes drop the last row and column.
+    for ((scale, zero), table) in [((0.05, 117), 0), ((0.03, 90), 1)] {
+        let shape = [1, 3, 9, 12];
+        let mut m = TypedModel::default();
+        let x = m.add_source("x", f32::fact(shape)).unwrap();
+        let x = qdq(&mut m, "x", x, 0.05, 117);
+        let pool = MaxPool {
+            pool_spec: crate::tests::pool_spec(3, 2, 2, PaddingSpec::Valid),
+            with_index_outputs: None,
+        };
+        let y = m.wire_node("pool", pool, &[x]).unwrap()[0];
+        let y = qdq(&mut m, "y", y, scale, zero);
+        m.select_output_outlets(&[y]).unwrap();
+        let ops = optimised_ops(m.clone());
+        let count = |name: &str| ops.iter().filter(|op| *op == name).count();
+        assert_eq!(count("FaceEdgeMaxPool2x2"), 1, "{ops:?}");
+        assert_eq!(count("FaceEdgeTable256"), table, "{ops:?}");
+        let (reference, ours, _) = both(m, image(&shape, 23));
+        assert_eq!(reference, ours, "scale {scale}, zero {zero}");
+    }
+}
+
+#[test]
+fn the_input_quantizer_rounds_and_saturates_as_tracts() {
+    // Half steps (ties go to the even code), both ends of the range and past them, NaN; 37 values
+    // so that the vector loop and the scalar tail both run. (Not 1e9: tract's own loop wraps it to
+    // code 0 on x86-64, where this op saturates it to 255 as ONNX says.)
+    let mut values: Vec<f32> = (-8..29).map(|i| i as f32 * 0.025).collect();
+    values[..6].copy_from_slice(&[1e5, -1e9, -5.85, 6.9, f32::NAN, 6.375]);
+    let shape = [1, 1, 1, values.len()];
+    let mut m = TypedModel::default();
+    let x = m.add_source("x", f32::fact(shape)).unwrap();
+    let y = qdq(&mut m, "x", x, 0.05, 117);
+    m.select_output_outlets(&[y]).unwrap();
+    let ops = optimised_ops(m.clone());
+    assert!(ops.iter().any(|op| op == "FaceEdgeQuantizeU8"), "{ops:?}");
+    let input = Tensor::from_shape(&shape, &values).unwrap();
+    let (reference, ours, _) = both(m, input);
+    assert_eq!(reference, ours);
 }

@@ -537,6 +537,17 @@ fn im2col(window: &Window, data: &[u8], zero: u8) -> Vec<u8> {
             let start = first * s + kx - window.pad_left;
             if s == 1 {
                 line[first..end].copy_from_slice(&src[start..start + end - first]);
+            } else if s == 2 {
+                // Every other byte, as pairs: a loop compilers turn into de-interleaving loads. The
+                // last column may have no partner.
+                let (line, src) = (&mut line[first..end], &src[start..]);
+                let pairs = (src.len() / 2).min(line.len());
+                for (d, pair) in line[..pairs].iter_mut().zip(src.chunks_exact(2)) {
+                    *d = pair[0];
+                }
+                if pairs < line.len() {
+                    line[pairs] = src[2 * pairs];
+                }
             } else {
                 for (d, &v) in line[first..end]
                     .iter_mut()
@@ -645,6 +656,62 @@ impl TypedOp for Table256 {
     }
 
     as_op!();
+}
+
+/// f32 to uint8 as tract's `QuantizeLinearU8` does it (times the multiplier, rounded half to even,
+/// plus the zero point, saturated; NaN as 0): a QDQ graph's input quantizer, whose input is no uint8
+/// tensor a table could start from. Vectorised, where tract's own loop emulates the rounding.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct QuantizeU8 {
+    pub(crate) multiplier: f32,
+    pub(crate) zero: u8,
+}
+
+impl Eq for QuantizeU8 {}
+
+impl Op for QuantizeU8 {
+    fn name(&self) -> StaticName {
+        "FaceEdgeQuantizeU8".into()
+    }
+
+    op_as_typed_op!();
+}
+
+impl EvalOp for QuantizeU8 {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        ensure!(inputs.len() == 1);
+        let input = super::f32_values(&inputs[0])?;
+        // SAFETY: u8 has no invalid bit patterns, and `quantize` writes every element.
+        let mut out = unsafe { Tensor::uninitialized::<u8>(inputs[0].shape())? };
+        quantize(input, self.multiplier, self.zero, u8_values_mut(&mut out)?);
+        Ok(tvec!(out.into_tvalue()))
+    }
+}
+
+impl TypedOp for QuantizeU8 {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        ensure!(inputs[0].datum_type == f32::datum_type());
+        Ok(tvec!(u8::fact(inputs[0].shape.clone())))
+    }
+
+    as_op!();
+}
+
+/// out[i] = saturate(round_half_even(input[i] x multiplier) + zero), NaN as 0.
+pub(crate) fn quantize(input: &[f32], multiplier: f32, zero: u8, out: &mut [u8]) {
+    assert_eq!(input.len(), out.len());
+    #[cfg(target_arch = "aarch64")]
+    let (input, out) = {
+        let whole = input.len() / 16 * 16;
+        neon::quantize(&input[..whole], multiplier, zero, &mut out[..whole]);
+        (&input[whole..], &mut out[whole..])
+    };
+    for (y, &x) in out.iter_mut().zip(input) {
+        let v = x * multiplier;
+        *y = to_u8(if v.is_nan() { 0.0 } else { v }, zero);
+    }
 }
 
 /// out[i] = table[input[i]].
@@ -1038,6 +1105,27 @@ mod neon {
                 vst1_u8(
                     out.as_mut_ptr().add(block),
                     requantized(low, high, scale, shift, zero),
+                );
+            }
+        }
+    }
+
+    /// `quantize` over whole blocks of 16: FCVTNS rounds half to even (NaN to 0) and the narrowing
+    /// moves saturate.
+    pub(super) fn quantize(input: &[f32], multiplier: f32, zero: u8, out: &mut [u8]) {
+        assert!(input.len() == out.len() && input.len().is_multiple_of(16));
+        // SAFETY: NEON is part of every aarch64 CPU; each block reads 16 f32 and writes 16 bytes,
+        // inside the slices (lengths asserted above).
+        unsafe {
+            let m = vdupq_n_f32(multiplier);
+            let z = vdupq_n_s16(i16::from(zero));
+            for (x, y) in input.chunks_exact(16).zip(out.chunks_exact_mut(16)) {
+                let code = |at: usize| vcvtnq_s32_f32(vmulq_f32(vld1q_f32(x.as_ptr().add(at)), m));
+                let low = vqaddq_s16(vcombine_s16(vqmovn_s32(code(0)), vqmovn_s32(code(4))), z);
+                let high = vqaddq_s16(vcombine_s16(vqmovn_s32(code(8)), vqmovn_s32(code(12))), z);
+                vst1q_u8(
+                    y.as_mut_ptr(),
+                    vcombine_u8(vqmovun_s16(low), vqmovun_s16(high)),
                 );
             }
         }
