@@ -1,5 +1,5 @@
 # Shared by bench/arm_icount.sh and bench/arm_frame.sh (sourced with their arguments): where things are,
-# and the CPU settings. MODELS_DIR (first argument) holds the f32 weights (default
+# the CPU settings, and the int8 YuNet both measure. MODELS_DIR (first argument) holds the f32 weights (default
 # $FACE_EDGE_MODELS_DIR, else ../shared/models), VARIANTS_DIR (second) the int8 QDQ files
 # models/quantize.py made (default target/variants, as .ci/run makes them). Figures are marginal over 1
 # and 1 + K runs (K = 5), so start-up and model loading cancel out. Pi 4 = cortex-a72 with
@@ -18,3 +18,14 @@ extra=${K:-5}
 
 kind() { [ "$1" = cortex-a72 ] && echo a72 || echo a75; }
 millions() { awk -v n="$1" 'BEGIN { printf "%.0f M", n / 1e6 }'; }
+
+# face-edge's own int8 YuNet (`face-edge models quantize`, calibrated on 200 LFW photos), made once into
+# target/bench-yunet; onnxruntime runs the same file.
+yunet_int8_dir=$here/target/bench-yunet
+yunet_int8=$yunet_int8_dir/yunet_2023mar.int8-qdq.onnx
+make_yunet_int8() {
+  [ -f "$yunet_int8" ] && return
+  cargo build --release --quiet -p face-edge --bin face-edge
+  "$here/target/release/face-edge" models --models-dir "$models" quantize yunet-2023mar \
+    --calibration "$shared/data/lfw" --limit 200 --out-dir "$yunet_int8_dir" >&2
+}

@@ -116,29 +116,48 @@ pub enum WeightsStatus {
     Bad(String),
 }
 
-/// Which embedder runs (`Catalog::embedder_for`).
+/// Which detector or embedder runs (`Catalog::detector_for`, `Catalog::embedder_for`).
 #[derive(Debug, Clone, PartialEq)]
-pub struct EmbedderChoice {
+pub struct ModelChoice {
     pub id: String,
-    /// Set when a checked variant runs in place of the configured embedder.
+    /// Set when a checked variant runs in place of the configured model.
     pub replaces: Option<Replacement>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Replacement {
-    /// The configured embedder.
+    /// The configured model.
     pub base: String,
-    /// The variant's recorded check (mean cosine to the base).
-    pub checked_cosine: f32,
+    pub role: Role,
+    /// The variant's recorded check (`Variant::check`: mean cosine to the base for an embedder,
+    /// agreement on faces for a detector).
+    pub check: f32,
 }
 
-impl EmbedderChoice {
-    /// One line for logs and command output when a variant replaces the configured embedder.
+impl ModelChoice {
+    /// The configured model itself.
+    pub fn named(id: &str) -> ModelChoice {
+        ModelChoice {
+            id: id.to_string(),
+            replaces: None,
+        }
+    }
+
+    /// One line for logs and command output when a variant replaces the configured model.
     pub fn note(&self) -> Option<String> {
         self.replaces.as_ref().map(|r| {
+            let check = match r.role {
+                Role::Embedder => format!("mean cosine {:.4} to it on the check crops", r.check),
+                Role::Detector => {
+                    format!("{:.1} % of faces found alike on the check photos", 100.0 * r.check)
+                }
+            };
             format!(
-                "embedder {}: running its checked int8 variant {} (mean cosine {:.4} to it on the check crops); models.variant = \"none\" runs {} itself",
-                r.base, self.id, r.checked_cosine, r.base
+                "{} {}: running its checked int8 variant {} ({check}); models.variant = \"none\" runs {} itself",
+                role_name(r.role),
+                r.base,
+                self.id,
+                r.base
             )
         })
     }
@@ -273,13 +292,19 @@ impl Catalog {
         configured: &str,
         precision: Precision,
         allow_variant: bool,
-    ) -> EmbedderChoice {
-        let named = EmbedderChoice {
-            id: configured.to_string(),
-            replaces: None,
-        };
-        if !allow_variant || precision != Precision::F32 {
-            return named;
+    ) -> ModelChoice {
+        self.model_for(configured, allow_variant && precision == Precision::F32)
+    }
+
+    /// The detector that runs for `configured`: the same rule without the precision (a detector
+    /// always runs in f32 or in its int8 variant).
+    pub fn detector_for(&self, configured: &str, allow_variant: bool) -> ModelChoice {
+        self.model_for(configured, allow_variant)
+    }
+
+    fn model_for(&self, configured: &str, allow_variant: bool) -> ModelChoice {
+        if !allow_variant {
+            return ModelChoice::named(configured);
         }
         checked_int8_variants(self.manifests(), configured)
             .into_iter()
@@ -294,14 +319,15 @@ impl Catalog {
                     false
                 }
             })
-            .map_or(named, |m| EmbedderChoice {
+            .map_or(ModelChoice::named(configured), |m| ModelChoice {
                 id: m.id.clone(),
                 replaces: Some(Replacement {
                     base: configured.to_string(),
-                    checked_cosine: m
+                    role: m.role,
+                    check: m
                         .variant
                         .as_ref()
-                        .and_then(|v| v.checked_cosine)
+                        .and_then(|v| v.check(m.role))
                         .unwrap_or_default(),
                 }),
             })

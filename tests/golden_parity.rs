@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::golden::{agreement, embed_aligned, golden_crops};
+use common::golden::{agreement, embed_aligned, golden_crops, golden_faces};
 use common::{catalog, data, read_json, vec_f32};
 use face_edge::detect::{DetectSettings, Detection, main_face};
 use face_edge::embed::cosine;
@@ -21,27 +21,6 @@ fn native() -> DetectSettings {
         score_threshold: Some(0.7),
         max_side: 0,
     }
-}
-
-fn golden_faces(v: &serde_json::Value) -> Vec<([f32; 4], [[f32; 2]; 5])> {
-    v["faces"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| {
-            let b = vec_f32(&f["box"]);
-            let l: Vec<Vec<f32>> = f["landmarks"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(vec_f32)
-                .collect();
-            (
-                [b[0], b[1], b[2], b[3]],
-                std::array::from_fn(|k| [l[k][0], l[k][1]]),
-            )
-        })
-        .collect()
 }
 
 fn max_abs_diff(d: &Detection, bbox: &[f32; 4], marks: &[[f32; 2]; 5]) -> f32 {
@@ -72,7 +51,8 @@ fn detections_match_the_reference_within_1_5_px() {
         let ours = detector.detect(&img).unwrap();
         let theirs = golden_faces(g);
         assert_eq!(ours.len(), theirs.len(), "{rel}: face count");
-        for (bbox, marks) in &theirs {
+        for reference in &theirs {
+            let (bbox, marks) = (&reference.bbox, &reference.landmarks);
             // Pair each reference face with our nearest box.
             let d = ours
                 .iter()
@@ -151,14 +131,15 @@ fn end_to_end_main_face_embeddings_match_the_reference() {
         min_mfn = min_mfn.min(c);
 
         let reference = golden_faces(&detections["images"][rel]);
-        let (_, marks) = reference
+        let marks = &reference
             .iter()
             .min_by(|a, b| {
-                (a.0[0] - chosen[0])
+                (a.bbox[0] - chosen[0])
                     .abs()
-                    .total_cmp(&(b.0[0] - chosen[0]).abs())
+                    .total_cmp(&(b.bbox[0] - chosen[0]).abs())
             })
-            .unwrap();
+            .unwrap()
+            .landmarks;
         let golden = vec_f32(&g["japanese_face_v1_standin"]["embedding"]);
         let c = cosine(&standin.embed_face(&img, marks).unwrap(), &golden);
         assert!(

@@ -6,9 +6,13 @@
 
 mod common;
 
-use common::golden::{agreement, embed_aligned, golden_crops};
-use common::{TempDir, data, face_edge, models_dir, run};
+use common::golden::{agreement, embed_aligned, golden_crops, golden_faces};
+use common::lfw::{evaluate, pairs};
+use common::{TempDir, data, face_edge, models_dir, read_json, run};
+use face_edge::detect::{DetectSettings, Detection, FaceAgreement};
+use face_edge::image_io::load_rgb;
 use face_edge::manifest::VariantMethod;
+use face_edge::models::{Catalog, load_detector};
 use face_edge::models::{manifest_from_file, sha256_hex};
 use std::path::Path;
 
@@ -57,6 +61,13 @@ fn configured_embedder(dir: &TempDir, embedder: &str, extra: &str) -> String {
 }
 
 fn configured_embedder_and_stderr(dir: &TempDir, embedder: &str, extra: &str) -> (String, String) {
+    let (models, stderr, _) = configured_models(dir, embedder, extra);
+    (models[1].clone(), stderr)
+}
+
+/// The detector and embedder `face-edge gallery check` loads for a configuration naming `embedder`
+/// (plus `extra` lines in `[models]`), its stderr and its stdout.
+fn configured_models(dir: &TempDir, embedder: &str, extra: &str) -> ([String; 2], String, String) {
     let tmp = TempDir::new("variant-config");
     let config = tmp.path("face-edge.toml");
     let obama = data("photos/gallery/obama");
@@ -79,7 +90,11 @@ fn configured_embedder_and_stderr(dir: &TempDir, embedder: &str, extra: &str) ->
         .filter_map(|l| l.strip_prefix("model ")?.strip_suffix(": ok"))
         .collect();
     assert_eq!(models.len(), 2, "detector and embedder: {stdout}");
-    (models[1].to_string(), stderr)
+    (
+        [models[0].to_string(), models[1].to_string()],
+        stderr,
+        stdout,
+    )
 }
 
 fn embeddings(dir: &TempDir, id: &str, crops: &[String]) -> Vec<Vec<f32>> {
@@ -236,6 +251,134 @@ fn the_default_models_architecture_quantizes_and_runs() {
 }
 
 #[test]
+fn yunet_quantized_here_finds_the_same_faces_and_keeps_lfw_accuracy() {
+    // Calibrated (and checked, every fifth photo held out) on LFW fold 1's photos; measured on what
+    // it never saw: the golden photos' reference detections and LFW fold 2's verification.
+    let fold_1 = TempDir::new("lfw-fold-1");
+    let lfw = data("lfw");
+    let mut photos: Vec<String> = pairs()[..600]
+        .iter()
+        .flat_map(|p| [p.a.clone(), p.b.clone()])
+        .collect();
+    photos.sort();
+    photos.dedup();
+    for (i, rel) in photos.iter().enumerate() {
+        std::os::unix::fs::symlink(lfw.join(rel), fold_1.path(&format!("{i:04}.jpg"))).unwrap();
+    }
+    let out = TempDir::new("quantize-yunet");
+    let (code, stdout, stderr) = quantize("yunet-2023mar", &fold_1.0, &out, &["--limit", "200"]);
+    assert_eq!(code, 0, "{stderr}");
+    println!("{stdout}");
+    assert!(stderr.contains("calibrating"), "progress: {stderr}");
+    assert_eq!(
+        files_in(&out.0),
+        ["yunet-2023mar-int8-qdq.toml", "yunet_2023mar.int8-qdq.onnx"]
+    );
+    let manifest = manifest_from_file(&out.path("yunet-2023mar-int8-qdq.toml")).unwrap();
+    let variant = manifest.variant.as_ref().unwrap();
+    assert_eq!(
+        (variant.base.as_str(), variant.method),
+        ("yunet-2023mar", VariantMethod::Int8Qdq)
+    );
+    let agreement = variant.checked_agreement.unwrap();
+    assert!(agreement >= 0.95, "{stdout}");
+    assert!(
+        stdout.contains(&format!("{:.1} %", agreement * 100.0)),
+        "{stdout}"
+    );
+
+    // The golden photos at their native resolution: every reference face found; at most a face or
+    // two more, each one the f32 detector scores just under its threshold (0.5 or more): the
+    // scores of borderline faces move by a few hundredths.
+    let dir = common::models_dir_plus(&out.0);
+    let catalog = Catalog::load(&dir.0).unwrap();
+    let native = DetectSettings {
+        score_threshold: None,
+        max_side: 0,
+    };
+    let mut int8 = load_detector(&catalog, "yunet-2023mar-int8-qdq", &native).unwrap();
+    let golden = read_json("golden/detections.json");
+    let borderline = DetectSettings {
+        score_threshold: Some(0.5),
+        max_side: 0,
+    };
+    let mut f32_borderline = load_detector(&catalog, "yunet-2023mar", &borderline).unwrap();
+    let (mut alike, mut extra) = (FaceAgreement::default(), FaceAgreement::default());
+    for (rel, g) in golden["images"].as_object().unwrap() {
+        let reference = golden_faces(g);
+        let photo = load_rgb(&data(&format!("photos/{rel}"))).unwrap();
+        let found = int8.detect(&photo).unwrap();
+        alike.add(&reference, &found);
+        // A face only the int8 detector reports is one the f32 detector scores 0.5 or more.
+        let unmatched: Vec<Detection> = found
+            .into_iter()
+            .filter(|f| {
+                reference
+                    .iter()
+                    .all(|r| r.iou(f) < FaceAgreement::MATCH_IOU)
+            })
+            .collect();
+        extra.add(&unmatched, &f32_borderline.detect(&photo).unwrap());
+    }
+    println!(
+        "int8 YuNet on the golden photos: {} of {} reference faces ({} found), IoU mean {:.3} min {:.3}, landmarks off by {:.3} of the box width on average, {:.3} at most",
+        alike.alike,
+        alike.reference_faces,
+        alike.other_faces,
+        alike.mean_iou(),
+        alike.worst_iou,
+        alike.mean_landmark(),
+        alike.worst_landmark
+    );
+    assert!(alike.reference_faces >= 25);
+    assert_eq!(alike.alike, alike.reference_faces, "every reference face");
+    assert!(
+        alike.other_faces <= alike.reference_faces + 2,
+        "extra faces"
+    );
+    assert_eq!(
+        extra.alike, extra.reference_faces,
+        "each extra face is a borderline one of the f32 detector"
+    );
+    assert!(alike.mean_iou() >= 0.95 && alike.worst_iou >= 0.85, "IoU");
+    assert!(alike.worst_landmark <= 0.08, "landmarks");
+
+    // LFW fold 2 with MobileFaceNet behind the int8 detector, at the threshold tests/lfw.rs uses.
+    let models_dir = dir.0.display().to_string();
+    let args = [
+        "--models-dir",
+        &models_dir,
+        "--detector",
+        "yunet-2023mar-int8-qdq",
+        "--model",
+        "mobilefacenet",
+    ];
+    let o = evaluate(&args, &[2], 0.264);
+    println!(
+        "LFW fold 2 behind the int8 detector: {} pairs, {} of {} images embedded, accuracy {:.2} %, ROC AUC {:.5}",
+        o.pairs,
+        o.embedded,
+        o.images,
+        o.accuracy * 100.0,
+        o.auc
+    );
+    assert!(o.embedded * 100 >= o.images * 99, "{}", o.stderr);
+    assert!(o.accuracy >= 0.99 && o.auc >= 0.999);
+
+    // The configuration naming the base runs the variant, and "none" the base.
+    let (models, _, stdout) = configured_models(&dir, "mobilefacenet", "");
+    assert_eq!(models[0], "yunet-2023mar-int8-qdq", "{stdout}");
+    assert!(
+        stdout.contains(
+            "detector yunet-2023mar: running its checked int8 variant yunet-2023mar-int8-qdq"
+        ),
+        "{stdout}"
+    );
+    let (models, _, _) = configured_models(&dir, "mobilefacenet", "variant = \"none\"");
+    assert_eq!(models[0], "yunet-2023mar");
+}
+
+#[test]
 fn a_variant_under_the_bound_or_bad_input_writes_nothing() {
     let out = TempDir::new("quantize-refused");
     let golden = data("golden/crops");
@@ -279,6 +422,18 @@ fn a_variant_under_the_bound_or_bad_input_writes_nothing() {
         Path::new("/nonexistent"),
         &[],
         "/nonexistent: not a folder of aligned crops",
+    );
+    refused(
+        "yunet-2023mar",
+        Path::new("/nonexistent"),
+        &[],
+        "/nonexistent: not a folder of photos",
+    );
+    refused(
+        "yunet-2023mar",
+        &golden,
+        &["--min-agreement", "1.5"],
+        "--min-agreement 1.5: a share between 0 and 1",
     );
 
     assert!(files_in(&out.0).is_empty(), "{:?}", files_in(&out.0));

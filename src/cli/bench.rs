@@ -96,7 +96,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     // The rest runs at the service's default detection size.
     let mut detector = load_detector(
         &bench.catalog,
-        bench.args.models.detector_id(&bench.config),
+        &bench.args.models.detector_id(&bench.config, &bench.catalog),
         &bench.args.models.detect_settings(&bench.config)?,
     )?;
     let faces: Vec<Vec<Detection>> = bench
@@ -237,7 +237,7 @@ impl Bench {
             0 => "native".to_string(),
             n => format!("max side {n}"),
         };
-        let detector_id = self.args.models.detector_id(&self.config).to_string();
+        let detector_id = self.args.models.detector_id(&self.config, &self.catalog);
         let settings = DetectSettings {
             score_threshold: None,
             max_side,

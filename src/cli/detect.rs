@@ -25,7 +25,11 @@ pub fn run(args: DetectArgs) -> anyhow::Result<ExitCode> {
     let config = Config::default();
     let catalog = args.models.catalog(&config)?;
     let settings = args.models.detect_settings(&config)?;
-    let mut detector = load_detector(&catalog, args.models.detector_id(&config), &settings)?;
+    let mut detector = load_detector(
+        &catalog,
+        &args.models.detector_id(&config, &catalog),
+        &settings,
+    )?;
     let inputs = expand_inputs(&args.paths);
     let mut progress = Progress::new("detect", inputs.len());
     for path in &inputs {

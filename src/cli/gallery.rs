@@ -246,14 +246,14 @@ fn run_check(options: &GalleryOptions) -> anyhow::Result<ExitCode> {
     }
     let catalog = options.models.catalog(&config)?;
     let mut hashes = Vec::new();
-    let choice = options.embedder.choose(&config, &catalog);
-    if let Some(note) = choice.note() {
+    let detector = options.models.detector_choice(&config, &catalog);
+    let embedder = options.embedder.choose(&config, &catalog);
+    for note in [detector.note(), embedder.note()].into_iter().flatten() {
         println!("note: {note}");
     }
-    let embedder = choice.id;
     for (id, role) in [
-        (options.models.detector_id(&config), Role::Detector),
-        (embedder.as_str(), Role::Embedder),
+        (detector.id.as_str(), Role::Detector),
+        (embedder.id.as_str(), Role::Embedder),
     ] {
         match catalog
             .get_role(id, role)

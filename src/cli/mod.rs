@@ -17,7 +17,7 @@ use clap::{Args, Parser, Subcommand};
 use face_edge::config::{Config, VariantChoice};
 use face_edge::detect::DetectSettings;
 use face_edge::inference::Precision;
-use face_edge::models::{Catalog, EmbedderChoice, MODELS_DIR_ENV};
+use face_edge::models::{Catalog, MODELS_DIR_ENV, ModelChoice};
 use face_edge::pipeline::FacePipeline;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -92,8 +92,25 @@ impl ModelOptions {
         ))?)
     }
 
-    pub fn detector_id<'a>(&'a self, config: &'a Config) -> &'a str {
-        self.detector.as_deref().unwrap_or(&config.models.detector)
+    /// `--detector` exactly; else the config's detector, or its checked int8 variant as the service
+    /// would run it (`Catalog::detector_for`, logged when it replaces the detector).
+    pub fn detector_id(&self, config: &Config, catalog: &Catalog) -> String {
+        let choice = self.detector_choice(config, catalog);
+        if let Some(note) = choice.note() {
+            log::info!("{note}");
+        }
+        choice.id
+    }
+
+    /// What `detector_id` chooses, and why.
+    pub fn detector_choice(&self, config: &Config, catalog: &Catalog) -> ModelChoice {
+        match &self.detector {
+            Some(id) => ModelChoice::named(id),
+            None => catalog.detector_for(
+                &config.models.detector,
+                config.models.variant == VariantChoice::CheckedInt8Qdq,
+            ),
+        }
     }
 
     pub fn detect_settings(&self, config: &Config) -> anyhow::Result<DetectSettings> {
@@ -118,7 +135,7 @@ impl ModelOptions {
         let catalog = self.catalog(config)?;
         let pipeline = face_edge::models::load_pipeline(
             &catalog,
-            self.detector_id(config),
+            &self.detector_id(config, &catalog),
             &self.detect_settings(config)?,
             &embedder.choose(config, &catalog).id,
             embedder.precision(config),
@@ -142,12 +159,9 @@ pub struct EmbedderOption {
 impl EmbedderOption {
     /// `--model` exactly; else the config's embedder, or its checked int8 variant as the service
     /// would run it (`Catalog::embedder_for`, logged when it replaces the embedder).
-    pub fn choose(&self, config: &Config, catalog: &Catalog) -> EmbedderChoice {
+    pub fn choose(&self, config: &Config, catalog: &Catalog) -> ModelChoice {
         if let Some(id) = &self.model {
-            return EmbedderChoice {
-                id: id.clone(),
-                replaces: None,
-            };
+            return ModelChoice::named(id);
         }
         let models = &config.models;
         let choice = catalog.embedder_for(

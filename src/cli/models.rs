@@ -3,8 +3,9 @@
 
 use super::EXIT_PARTIAL;
 use clap::{Args, Subcommand};
+use face_edge::manifest::{MIN_CHECKED_AGREEMENT, MIN_CHECKED_COSINE};
 use face_edge::models::{Catalog, MODELS_DIR_ENV, WeightsStatus, role_name};
-use face_edge::quantize::{HOLD_OUT_EVERY, QuantizeOptions, quantize};
+use face_edge::quantize::{Check, HOLD_OUT_EVERY, QuantizeOptions, quantize};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -30,24 +31,29 @@ enum Action {
         #[arg(long)]
         accept_license: bool,
     },
-    /// Make the int8 variant of an embedder (QDQ: int8 weights, uint8 activations) from aligned
-    /// crops, check it against the f32 model and write it with its manifest beside the weights.
+    /// Make the int8 variant of an embedder or a detector (QDQ: int8 weights, uint8 activations),
+    /// check it against the f32 model and write it with its manifest beside the weights.
     Quantize {
         id: String,
-        /// Folder of aligned crops of the model's input size to calibrate on (`face-edge embed
-        /// --save-crops DIR` makes them from photos, e.g. of the people you enrol).
+        /// Folder to calibrate on: for an embedder, aligned crops of its input size (`face-edge
+        /// embed --save-crops DIR` makes them from photos, e.g. of the people you enrol); for a
+        /// detector, photos with faces, best taken by the cameras that will run it.
         #[arg(long)]
         calibration: PathBuf,
-        /// Folder of crops to check the variant on. Default: every fifth calibration crop, held out
-        /// of calibration.
+        /// Folder of crops (photos) to check the variant on. Default: every fifth calibration input,
+        /// held out of calibration.
         #[arg(long)]
         check: Option<PathBuf>,
-        /// At most this many calibration crops.
+        /// At most this many calibration inputs.
         #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..))]
         limit: u32,
-        /// Refuse a variant whose embeddings' mean cosine to the f32 model's is lower.
-        #[arg(long, default_value_t = 0.98)]
+        /// Refuse an embedder variant whose embeddings' mean cosine to the f32 model's is lower.
+        #[arg(long, default_value_t = MIN_CHECKED_COSINE)]
         min_cosine: f32,
+        /// Refuse a detector variant that finds fewer of the same faces as the f32 model: 2 x faces
+        /// both find / all faces either finds, on the check photos.
+        #[arg(long, default_value_t = MIN_CHECKED_AGREEMENT)]
+        min_agreement: f32,
         /// Where to write the weights and manifest. Default: the models directory.
         #[arg(long)]
         out_dir: Option<PathBuf>,
@@ -145,39 +151,62 @@ pub fn run(args: ModelsArgs) -> anyhow::Result<ExitCode> {
             check,
             limit,
             min_cosine,
+            min_agreement,
             out_dir,
         } => {
             if !(0.0..=1.0).contains(&min_cosine) {
                 anyhow::bail!("--min-cosine {min_cosine}: a cosine bound between 0 and 1");
+            }
+            if !(0.0..=1.0).contains(&min_agreement) {
+                anyhow::bail!("--min-agreement {min_agreement}: a share between 0 and 1");
             }
             let options = QuantizeOptions {
                 calibration,
                 check,
                 limit: limit as usize,
                 min_cosine,
+                min_agreement,
                 out_dir,
             };
             let r = quantize(&catalog, &id, &options, &mut |message| {
                 eprintln!("face-edge models quantize {id}: {message}")
             })?;
-            let held_out = if options.check.is_some() {
-                "--check crops".to_string()
-            } else {
-                format!("every {HOLD_OUT_EVERY}th crop, held out")
+            let held_out = |what: &str| {
+                if options.check.is_some() {
+                    format!("--check {what}")
+                } else {
+                    format!("every {HOLD_OUT_EVERY}th {what}, held out")
+                }
             };
             println!(
-                "{}: {} activations and {} weights quantized ({} Relu/Clip folded) on {} crops ({} files of other sizes skipped)",
+                "{}: {} activations and {} weights quantized ({} Relu/Clip folded) on {} inputs ({} files of other sizes skipped)",
                 r.id,
                 r.activations,
                 r.weights,
                 r.folded_activations,
-                r.calibration_crops,
+                r.calibration_inputs,
                 r.skipped_files
             );
-            println!(
-                "{}: cosine to {id} on {} crops ({held_out}): mean {:.5}, min {:.5}",
-                r.id, r.check_crops, r.mean_cosine, r.min_cosine
-            );
+            match &r.check {
+                Check::Cosine { crops, mean, min } => println!(
+                    "{}: cosine to {id} on {crops} crops ({}): mean {mean:.5}, min {min:.5}",
+                    r.id,
+                    held_out("crop")
+                ),
+                Check::Faces { photos, agreement } => println!(
+                    "{}: faces found alike with {id} on {photos} photos ({}): {:.1} % ({} of its {} faces, {} in all); IoU mean {:.3}, min {:.3}; landmarks off by {:.3} of the box width on average, {:.3} at most",
+                    r.id,
+                    held_out("photo"),
+                    100.0 * agreement.share().unwrap_or_default(),
+                    agreement.alike,
+                    agreement.reference_faces,
+                    agreement.other_faces,
+                    agreement.mean_iou(),
+                    agreement.worst_iou,
+                    agreement.mean_landmark(),
+                    agreement.worst_landmark
+                ),
+            }
             println!(
                 "{}: {} bytes (base {}), sha256 {}",
                 r.weights_path.display(),

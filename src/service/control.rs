@@ -4,8 +4,8 @@
 
 use super::worker::{Control, WorkerStats, cameras_healthy};
 use super::{
-    Answer, ConfigSource, Ending, Event, Origin, Reply, Requester, embedder_choice, frame_board,
-    health, pipeline_with, start_captures,
+    Answer, ConfigSource, Ending, Event, Origin, Reply, Requester, frame_board, health,
+    model_choices, pipeline_with, start_captures,
 };
 use crate::camera::{CameraState, Capture, FrameBoard};
 use crate::config::Config;
@@ -39,8 +39,9 @@ struct Reloads {
 pub struct Parts {
     pub source: ConfigSource,
     pub config: Config,
-    /// The id of the embedder running (the configured one or its checked variant).
-    pub embedder: String,
+    /// The ids of the detector and embedder running (the configured ones or their checked
+    /// variants).
+    pub models: (String, String),
     pub board: Arc<FrameBoard>,
     pub captures: Vec<Option<Capture>>,
     pub to_worker: Sender<Control>,
@@ -366,17 +367,17 @@ impl Service {
         {
             log::warn!("changes to [mqtt], [service] and state_dir take effect after a restart");
         }
-        // A checked variant made since (or removed) changes the embedder with the same configuration.
-        let choice = embedder_choice(&new, &self.parts.source.overrides);
-        let other_embedder = choice
+        // A checked variant made since (or removed) changes the models with the same configuration.
+        let choices = model_choices(&new, &self.parts.source.overrides);
+        let other_models = choices
             .as_ref()
-            .is_ok_and(|(_, choice)| choice.id != self.parts.embedder);
-        if new.models != running.models || new.detection != running.detection || other_embedder {
+            .is_ok_and(|(_, choices)| choices.ids() != self.parts.models);
+        if new.models != running.models || new.detection != running.detection || other_models {
             let pipeline =
-                choice.and_then(|(catalog, choice)| pipeline_with(&catalog, &new, &choice));
+                choices.and_then(|(catalog, choices)| pipeline_with(&catalog, &new, &choices));
             match pipeline {
                 Ok(p) => {
-                    self.parts.embedder = p.embedder.id().to_string();
+                    self.parts.models = (p.detector.id().to_string(), p.embedder.id().to_string());
                     let _ = self.parts.to_worker.send(Control::SetPipeline(Box::new(p)));
                 }
                 Err(e) => log::error!("reload: models not changed: {e:#}"),

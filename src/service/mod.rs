@@ -12,7 +12,7 @@ use crate::camera::{Capture, FrameBoard};
 use crate::config::{CameraConfig, Config, FilesCamera, VariantChoice};
 use crate::enrol::load_gallery;
 use crate::events::{Topics, slug};
-use crate::models::{Catalog, EmbedderChoice, load_pipeline};
+use crate::models::{Catalog, ModelChoice, load_pipeline};
 use crate::mqtt::{Incoming, IncomingHandler, Publisher, Sink};
 use crate::pipeline::FacePipeline;
 use anyhow::Context;
@@ -198,44 +198,59 @@ fn node_id(config: &Config) -> String {
 }
 
 /// The models catalog the configuration and overrides point at (--models-dir / FACE_EDGE_MODELS_DIR,
-/// then the config's models.dir, then the default), and the embedder that runs for it: the configured
-/// one or its checked int8 variant (`Catalog::embedder_for`).
-fn embedder_choice(
-    config: &Config,
-    overrides: &Overrides,
-) -> anyhow::Result<(Catalog, EmbedderChoice)> {
+/// then the config's models.dir, then the default), and the detector and embedder that run for it:
+/// the configured ones or their checked int8 variants (`Catalog::detector_for`, `embedder_for`).
+fn model_choices(config: &Config, overrides: &Overrides) -> anyhow::Result<(Catalog, Choices)> {
     let catalog = Catalog::load(&Catalog::resolve_dir(
         overrides.models_dir.as_deref(),
         config.models.dir.as_deref(),
     ))?;
     let models = &config.models;
-    let embedder = catalog.embedder_for(
-        &models.embedder,
-        models.precision,
-        models.variant == VariantChoice::CheckedInt8Qdq,
-    );
-    Ok((catalog, embedder))
+    let variants = models.variant == VariantChoice::CheckedInt8Qdq;
+    let choices = Choices {
+        detector: catalog.detector_for(&models.detector, variants),
+        embedder: catalog.embedder_for(&models.embedder, models.precision, variants),
+    };
+    Ok((catalog, choices))
+}
+
+/// The detector and embedder that run (`model_choices`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Choices {
+    pub detector: ModelChoice,
+    pub embedder: ModelChoice,
+}
+
+impl Choices {
+    /// The ids that run, to compare with the running pipeline's.
+    pub fn ids(&self) -> (String, String) {
+        (self.detector.id.clone(), self.embedder.id.clone())
+    }
 }
 
 fn pipeline_for(config: &Config, overrides: &Overrides) -> anyhow::Result<FacePipeline> {
-    let (catalog, embedder) = embedder_choice(config, overrides)?;
-    pipeline_with(&catalog, config, &embedder)
+    let (catalog, choices) = model_choices(config, overrides)?;
+    pipeline_with(&catalog, config, &choices)
 }
 
-/// The configuration's detector and `embedder` (as `embedder_choice` resolved it) from `catalog`.
+/// The models `choices` names (as `model_choices` resolved them) from `catalog`, with the
+/// configuration's detection settings and precision.
 fn pipeline_with(
     catalog: &Catalog,
     config: &Config,
-    embedder: &EmbedderChoice,
+    choices: &Choices,
 ) -> anyhow::Result<FacePipeline> {
-    if let Some(note) = embedder.note() {
+    for note in [choices.detector.note(), choices.embedder.note()]
+        .into_iter()
+        .flatten()
+    {
         log::info!("{note}");
     }
     Ok(load_pipeline(
         catalog,
-        &config.models.detector,
+        &choices.detector.id,
         &config.detection,
-        &embedder.id,
+        &choices.embedder.id,
         config.models.precision,
     )?)
 }
@@ -308,11 +323,11 @@ pub fn run(source: ConfigSource) -> Result<Ending, StartupError> {
     let mut progress = health::StartProgress::default();
     progress.loading_models();
     let mut pipeline = pipeline_for(&config, &source.overrides).map_err(startup)?;
-    let embedder = pipeline.embedder.id().to_string();
-    log::info!(
-        "models: detector {}, embedder {embedder}",
-        pipeline.detector.id(),
+    let models = (
+        pipeline.detector.id().to_string(),
+        pipeline.embedder.id().to_string(),
     );
+    log::info!("models: detector {}, embedder {}", models.0, models.1);
     let loaded = load_gallery(&config, &mut pipeline, |done, total| {
         progress.update(done, total)
     })
@@ -345,7 +360,7 @@ pub fn run(source: ConfigSource) -> Result<Ending, StartupError> {
     };
     let (to_worker, worker) = start_worker(setup, loaded.names).map_err(startup)?;
     let parts = control::Parts {
-        embedder,
+        models,
         source,
         config,
         board,

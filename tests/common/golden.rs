@@ -1,6 +1,31 @@
-//! The golden aligned crops of ../shared/data/golden and embedding them through `face-edge embed --aligned`.
+//! The golden aligned crops and detections of ../shared/data/golden, and embedding crops through
+//! `face-edge embed --aligned`.
 
 use super::{data, read_json, run, vec_f32};
+use face_edge::detect::Detection;
+
+/// The reference faces of one image of golden/detections.json (`images[path]`).
+pub fn golden_faces(image: &serde_json::Value) -> Vec<Detection> {
+    image["faces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            let b = vec_f32(&f["box"]);
+            let l: Vec<Vec<f32>> = f["landmarks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(vec_f32)
+                .collect();
+            Detection {
+                bbox: [b[0], b[1], b[2], b[3]],
+                score: f["score"].as_f64().unwrap() as f32,
+                landmarks: std::array::from_fn(|k| [l[k][0], l[k][1]]),
+            }
+        })
+        .collect()
+}
 
 /// The golden crops of `key`'s model, as paths.
 pub fn golden_crops(key: &str) -> Vec<String> {

@@ -43,6 +43,81 @@ impl Detection {
     }
 }
 
+/// How alike two detectors' faces are over a set of images (`add` per image): an int8 detector
+/// against its f32 base. Faces pair up greedily by IoU, best first, at IoU >= `MATCH_IOU`.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct FaceAgreement {
+    /// Faces the reference (the base) found.
+    pub reference_faces: usize,
+    /// Faces the other detector found.
+    pub other_faces: usize,
+    /// Faces found by both.
+    pub alike: usize,
+    iou_sum: f32,
+    /// The lowest IoU of a pair.
+    pub worst_iou: f32,
+    landmark_sum: f32,
+    /// The largest landmark distance of a pair, over the reference box's width.
+    pub worst_landmark: f32,
+}
+
+impl FaceAgreement {
+    /// Boxes overlapping less than this are different faces.
+    pub const MATCH_IOU: f32 = 0.5;
+
+    pub fn add(&mut self, reference: &[Detection], other: &[Detection]) {
+        self.reference_faces += reference.len();
+        self.other_faces += other.len();
+        let mut pairs: Vec<(f32, usize, usize)> = reference
+            .iter()
+            .enumerate()
+            .flat_map(|(i, a)| other.iter().enumerate().map(move |(j, b)| (a.iou(b), i, j)))
+            .filter(|&(iou, _, _)| iou >= Self::MATCH_IOU)
+            .collect();
+        pairs.sort_by(|a, b| b.0.total_cmp(&a.0));
+        let (mut used_a, mut used_b) = (vec![false; reference.len()], vec![false; other.len()]);
+        for (iou, i, j) in pairs {
+            if used_a[i] || used_b[j] {
+                continue;
+            }
+            (used_a[i], used_b[j]) = (true, true);
+            let (a, b) = (&reference[i], &other[j]);
+            let landmark = a
+                .landmarks
+                .iter()
+                .zip(&b.landmarks)
+                .map(|(p, q)| (p[0] - q[0]).hypot(p[1] - q[1]))
+                .fold(0.0, f32::max)
+                / a.width().max(1.0);
+            self.worst_iou = if self.alike == 0 {
+                iou
+            } else {
+                self.worst_iou.min(iou)
+            };
+            self.worst_landmark = self.worst_landmark.max(landmark);
+            self.alike += 1;
+            self.iou_sum += iou;
+            self.landmark_sum += landmark;
+        }
+    }
+
+    /// 2 x faces found by both / (faces of one + faces of the other); `None` without any face.
+    pub fn share(&self) -> Option<f32> {
+        let all = self.reference_faces + self.other_faces;
+        (all > 0).then(|| 2.0 * self.alike as f32 / all as f32)
+    }
+
+    /// The mean IoU of the pairs.
+    pub fn mean_iou(&self) -> f32 {
+        self.iou_sum / self.alike.max(1) as f32
+    }
+
+    /// The mean of each pair's largest landmark distance, over the reference box's width.
+    pub fn mean_landmark(&self) -> f32 {
+        self.landmark_sum / self.alike.max(1) as f32
+    }
+}
+
 /// The "main" face of an image: the one maximising area - 2 * |box centre - image centre|^2, which
 /// prefers large faces near the middle (the LFW convention of the reference pipeline).
 pub fn main_face(faces: &[Detection], width: u32, height: u32) -> Option<usize> {
@@ -258,6 +333,28 @@ impl Detector {
         (tensor, (iw, ih))
     }
 
+    /// `input_tensor`, zero-padded further to `side` x `side` (as the network's own padding, bottom
+    /// and right): the one shape a quantizer calibrates the network at. `None` if the scaled frame
+    /// does not fit.
+    pub fn square_input_tensor(&mut self, frame: &RgbImage, side: usize) -> Option<Tensor> {
+        let (tensor, _) = self.input_tensor(frame);
+        let (ph, pw) = (tensor.shape()[2], tensor.shape()[3]);
+        if ph > side || pw > side {
+            return None;
+        }
+        let values = f32_values(&tensor).ok()?;
+        let mut square = vec![0f32; 3 * side * side];
+        for (plane, out) in values
+            .chunks_exact(ph * pw)
+            .zip(square.chunks_exact_mut(side * side))
+        {
+            for (row, out) in plane.chunks_exact(pw).zip(out.chunks_exact_mut(side)) {
+                out[..pw].copy_from_slice(row);
+            }
+        }
+        Tensor::from_shape(&[1, 3, side, side], &square).ok()
+    }
+
     /// Detects faces in an RGB frame; coordinates are in the frame's own pixels.
     pub fn detect(&mut self, frame: &RgbImage) -> Result<Vec<Detection>, DetectError> {
         let (w, h) = frame.dimensions();
@@ -434,6 +531,36 @@ pub(crate) fn non_max_suppression(mut faces: Vec<Detection>, iou: f32) -> Vec<De
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn faces_pair_up_by_overlap_and_the_share_counts_both_sides() {
+        let face = |x: f32, shift: f32| Detection {
+            bbox: [x, 0.0, x + 100.0, 100.0],
+            score: 0.9,
+            landmarks: [[x + 30.0 + shift, 40.0]; 5],
+        };
+        let mut agreement = FaceAgreement::default();
+        assert_eq!(agreement.share(), None);
+        // Two faces found by both (one 10 px to the side: IoU 90/110), one only by the reference,
+        // one only by the other.
+        let reference = [face(0.0, 0.0), face(300.0, 0.0), face(600.0, 0.0)];
+        let other = [face(310.0, 5.0), face(1.0, 0.0), face(900.0, 0.0)];
+        agreement.add(&reference, &other);
+        assert_eq!(
+            (
+                agreement.reference_faces,
+                agreement.other_faces,
+                agreement.alike
+            ),
+            (3, 3, 2)
+        );
+        assert!((agreement.share().unwrap() - 4.0 / 6.0).abs() < 1e-6);
+        assert!((agreement.worst_iou - 90.0 / 110.0).abs() < 1e-6);
+        // The pair 10 px apart has its landmarks 15 px apart: 0.15 of the width.
+        assert!((agreement.worst_landmark - 0.15).abs() < 1e-6);
+        agreement.add(&[], &[face(0.0, 0.0)]);
+        assert!((agreement.share().unwrap() - 4.0 / 7.0).abs() < 1e-6);
+    }
+
     use super::*;
 
     fn det(bbox: [f32; 4], score: f32) -> Detection {

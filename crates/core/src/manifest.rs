@@ -75,6 +75,21 @@ pub struct Variant {
     /// least `MIN_CHECKED_COSINE` may run in its base's place (`checked_int8_variants`).
     #[serde(default)]
     pub checked_cosine: Option<f32>,
+    /// For a detector: how alike the variant's and the base's faces were on the photos its maker
+    /// checked it on, as 2 x faces found by both (IoU >= 0.5) / (faces of one + faces of the
+    /// other). A variant that records at least `MIN_CHECKED_AGREEMENT` may run in its base's place.
+    #[serde(default)]
+    pub checked_agreement: Option<f32>,
+}
+
+impl Variant {
+    /// The recorded check that decides whether a variant of a `role` model may replace its base.
+    pub fn check(&self, role: Role) -> Option<f32> {
+        match role {
+            Role::Embedder => self.checked_cosine,
+            Role::Detector => self.checked_agreement,
+        }
+    }
 }
 
 /// The lowest recorded check for an int8 variant to run in place of its base by default: the
@@ -82,21 +97,32 @@ pub struct Variant {
 /// otherwise.
 pub const MIN_CHECKED_COSINE: f32 = 0.98;
 
-/// The int8-qdq variants of embedder `base` among `manifests` whose recorded check passed
-/// (`MIN_CHECKED_COSINE`), the best checked first (ties by id, so the choice never depends on
-/// order). Whether their weights are present is the caller's to see.
+/// The same for a detector's variant (`Variant::checked_agreement`), the bound `face-edge models
+/// quantize` refuses detector variants under unless told otherwise.
+pub const MIN_CHECKED_AGREEMENT: f32 = 0.95;
+
+/// The lowest check a variant of a `role` model needs to run in its base's place.
+pub fn min_check(role: Role) -> f32 {
+    match role {
+        Role::Embedder => MIN_CHECKED_COSINE,
+        Role::Detector => MIN_CHECKED_AGREEMENT,
+    }
+}
+
+/// The int8-qdq variants of model `base` (an embedder or a detector) among `manifests` whose
+/// recorded check passed (`min_check` of their role), the best checked first (ties by id, so the
+/// choice never depends on order). Whether their weights are present is the caller's to see.
 pub fn checked_int8_variants<'a>(
     manifests: impl IntoIterator<Item = &'a Manifest>,
     base: &str,
 ) -> Vec<&'a Manifest> {
     let mut found: Vec<(&Manifest, f32)> = manifests
         .into_iter()
-        .filter(|m| m.role == Role::Embedder)
         .filter_map(|m| {
             let v = m.variant.as_ref()?;
-            let cosine = v.checked_cosine?;
-            (v.base == base && v.method == VariantMethod::Int8Qdq && cosine >= MIN_CHECKED_COSINE)
-                .then_some((m, cosine))
+            let check = v.check(m.role)?;
+            (v.base == base && v.method == VariantMethod::Int8Qdq && check >= min_check(m.role))
+                .then_some((m, check))
         })
         .collect();
     found.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.id.cmp(&b.0.id)));
@@ -332,6 +358,14 @@ impl Manifest {
             return Err((
                 "variant.checked_cosine",
                 format!("{c} is not a cosine (-1 to 1)"),
+            ));
+        }
+        if let Some(a) = self.variant.as_ref().and_then(|v| v.checked_agreement)
+            && !(0.0..=1.0).contains(&a)
+        {
+            return Err((
+                "variant.checked_agreement",
+                format!("{a} is not a share of faces (0 to 1)"),
             ));
         }
         Ok(())
@@ -583,6 +617,39 @@ mod tests {
         };
         assert_eq!(ids("mobilefacenet"), ["d", "c"]);
         assert!(ids("japanese-face-v1").is_empty());
+        // An embedder's variant is judged by its cosine, a detector's by its agreement.
+        let agreeing = with("e", "checked_agreement = 0.999");
+        let detector = |id: &str, agreement: &str| {
+            let text = include_str!("../../../models/yunet-2023mar.toml")
+                .replace("id = \"yunet-2023mar\"", &format!("id = \"{id}\""))
+                .replace("url =", "# url =")
+                + &format!(
+                    "\n[variant]\nbase = \"yunet-2023mar\"\nmethod = \"int8-qdq\"\nmade_by = \"x\"\n{agreement}\n"
+                );
+            Manifest::parse(&text, id).unwrap()
+        };
+        let (fair, close, cosine_only) = (
+            detector("f", "checked_agreement = 0.94"),
+            detector("g", "checked_agreement = 0.97"),
+            detector("h", "checked_cosine = 0.999"),
+        );
+        let all = [&agreeing, &good, &fair, &close, &cosine_only];
+        let ids = |base: &str| -> Vec<String> {
+            checked_int8_variants(all.iter().copied(), base)
+                .iter()
+                .map(|m| m.id.clone())
+                .collect()
+        };
+        assert_eq!(ids("mobilefacenet"), ["c"]);
+        assert_eq!(ids("yunet-2023mar"), ["g"]);
+        for value in ["1.5", "-0.1", "nan"] {
+            let bad = base.replace(
+                "[variant]",
+                &format!("[variant]\nchecked_agreement = {value}"),
+            );
+            let err = Manifest::parse(&bad, "v.toml").unwrap_err().to_string();
+            assert!(err.contains("variant.checked_agreement"), "{value}: {err}");
+        }
         for value in ["1.5", "-2.0", "nan", "inf"] {
             let bad = base.replace("[variant]", &format!("[variant]\nchecked_cosine = {value}"));
             let err = Manifest::parse(&bad, "v.toml").unwrap_err().to_string();

@@ -48,6 +48,8 @@ const SAME_FROM_OPSET_11: &[&str] = &[
     "PRelu",
     "Relu",
     "Reshape",
+    // Opset 13 only made its roi and scales inputs optional (and added bfloat16).
+    "Resize",
     "Sigmoid",
     "Sub",
     "Tanh",
@@ -120,9 +122,32 @@ pub struct QdqModel {
     pub calibration_inputs: usize,
 }
 
+/// Whether the tensors that only feed the graph's outputs through layout ops and Sigmoid (a
+/// detector's heads: scores, box and landmark offsets) are quantized too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Heads {
+    /// Everything, as onnxruntime's quantizer does (embedders: the recipe models/quantize.py is
+    /// compared with).
+    Quantized,
+    /// Kept in f32: a detector's outputs are decoded into pixel coordinates and a score threshold,
+    /// where 256 levels over each head's range cost landmark precision and move borderline scores,
+    /// for a few small convolutions' worth of f32 work.
+    F32,
+}
+
 impl QdqQuantizer {
-    /// Prepares `onnx` (an f32 model with one image input of `input_shape`) for calibration.
+    /// Prepares `onnx` (an f32 model with one image input of `input_shape`) for calibration, every
+    /// activation quantized.
     pub fn new(onnx: &[u8], input_shape: &[usize]) -> Result<QdqQuantizer, QuantizeError> {
+        Self::with_heads(onnx, input_shape, Heads::Quantized)
+    }
+
+    /// `new`, with `heads` saying whether the output heads are quantized.
+    pub fn with_heads(
+        onnx: &[u8],
+        input_shape: &[usize],
+        heads: Heads,
+    ) -> Result<QdqQuantizer, QuantizeError> {
         let mut model =
             ModelProto::decode(onnx).map_err(|e| QuantizeError::Decode(e.to_string()))?;
         let graph = model
@@ -134,7 +159,11 @@ impl QdqQuantizer {
         let unfolded = model.clone();
         let graph = model.graph.as_mut().expect("checked above");
         let folded_activations = fold_activations(graph);
-        let candidates = activation_candidates(graph);
+        let mut candidates = activation_candidates(graph);
+        if heads == Heads::F32 {
+            let heads = head_tensors(graph);
+            candidates.retain(|t| !heads.contains(t.as_str()));
+        }
         declare_opset_13(&mut model)?;
         let (plan, tensors) = calibration_plan(&unfolded, &candidates, input_shape)?;
         let ranges = vec![None; tensors.len()];
@@ -375,6 +404,38 @@ fn activation_candidates(graph: &GraphProto) -> Vec<String> {
         }
     }
     candidates
+}
+
+/// Ops that move or squash values on the way to an output without computing new features.
+const HEAD_OPS: &[&str] = &["Flatten", "Reshape", "Sigmoid", "Transpose"];
+
+/// The tensors every reader of which is a `HEAD_OPS` node whose outputs are graph outputs or such
+/// tensors themselves: the output heads' values.
+fn head_tensors(graph: &GraphProto) -> HashSet<&str> {
+    let mut heads: HashSet<&str> = graph.output.iter().map(|o| o.name.as_str()).collect();
+    // Backwards from the outputs until nothing changes (the graphs are small).
+    loop {
+        let before = heads.len();
+        for node in &graph.node {
+            for input in &node.input {
+                let readers: Vec<&NodeProto> = graph
+                    .node
+                    .iter()
+                    .filter(|n| n.input.contains(input))
+                    .collect();
+                let into_head = |n: &&NodeProto| {
+                    HEAD_OPS.contains(&n.op_type.as_str())
+                        && n.output.iter().all(|o| heads.contains(o.as_str()))
+                };
+                if !heads.contains(input.as_str()) && readers.iter().all(into_head) {
+                    heads.insert(input);
+                }
+            }
+        }
+        if heads.len() == before {
+            return heads;
+        }
+    }
 }
 
 /// The f32 model with every candidate as an output, optimised by tract; returns the tensors it
