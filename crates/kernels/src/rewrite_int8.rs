@@ -504,13 +504,7 @@ fn quantized_max_pool(
     let real = table_model.wire_node("dq", dequantizer, &[codes])?[0];
     let quantizer = model.node(output.outlet.node).op.clone();
     let requantized = table_model.wire_node("q", quantizer, &[real])?[0];
-    table_model.select_output_outlets(&[requantized])?;
-    let values = Tensor::from_shape(&[256], &(0..=255u8).collect::<Vec<u8>>())?;
-    let table = table_model
-        .into_runnable()?
-        .run(tvec!(values.into_tvalue()))?
-        .remove(0);
-    let table: [u8; 256] = table.try_as_plain_ram()?.as_slice::<u8>()?.try_into()?;
+    let table = run_on_codes(table_model, requantized, &[256])?;
     let mut patch = TypedModelPatch::default();
     let source = patch.tap_model(model, input.outlet)?;
     let mut pooled = patch.wire_node(&node.name, pool, &[source])?[0];
@@ -631,9 +625,6 @@ pub(crate) fn lookup_table(
     let Ok(table) = table_of(model, source, rank, output) else {
         return Ok(None);
     };
-    let Ok(table) = <[u8; 256]>::try_from(table) else {
-        return Ok(None);
-    };
     let op = Table256 {
         table: Arc::new(table),
     };
@@ -674,22 +665,32 @@ fn table_of(
     source: OutletId,
     rank: usize,
     output: OutletId,
-) -> TractResult<Vec<u8>> {
+) -> TractResult<[u8; 256]> {
     let mut table_model = TypedModel::default();
     let mut shape = vec![1usize; rank];
     shape[0] = 256;
     let mut wired = HashMap::new();
     wired.insert(source, table_model.add_source("values", u8::fact(&shape))?);
     let end = wire_copy(model, &mut table_model, output, &mut wired)?;
-    table_model.select_output_outlets(&[end])?;
-    let values = Tensor::from_shape(&shape, &(0..=255u8).collect::<Vec<u8>>())?;
+    run_on_codes(table_model, end, &shape)
+}
+
+/// `table_model`'s uint8 `output` for its one source holding the 256 codes along its first axis
+/// (`shape`): a table from each code to what the copied ops make of it.
+fn run_on_codes(
+    mut table_model: TypedModel,
+    output: OutletId,
+    shape: &[usize],
+) -> TractResult<[u8; 256]> {
+    table_model.select_output_outlets(&[output])?;
+    let values = Tensor::from_shape(shape, &(0..=255u8).collect::<Vec<u8>>())?;
     let table = table_model
         .into_runnable()?
         .run(tvec!(values.into_tvalue()))?
         .remove(0);
-    let table = table.try_as_plain_ram()?.as_slice::<u8>()?.to_vec();
+    let table = table.try_as_plain_ram()?.as_slice::<u8>()?;
     ensure!(table.len() == 256);
-    Ok(table)
+    Ok(table.try_into()?)
 }
 
 /// Copies the node producing `outlet` and everything it depends on (up to the outlets already in

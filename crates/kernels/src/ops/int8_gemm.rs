@@ -256,17 +256,12 @@ pub(crate) fn gemm_i32(
     pixels: usize,
     input_zero: u8,
 ) -> Vec<i32> {
+    let groups = weights.groups();
     let mut sums = [[0i32; TILE_PIXELS]; TILE_OUTPUTS];
     let mut out = vec![0i32; weights.outputs * pixels];
     for_each_tile(weights, x, pixels, |packed, start, width| {
         for tile in 0..weights.outputs.div_ceil(TILE_OUTPUTS) {
-            tile_sums(
-                weights,
-                packed,
-                weights.tile(tile),
-                weights.groups(),
-                &mut sums,
-            );
+            tile_sums(weights, packed, weights.tile(tile), groups, &mut sums);
             for (lane, row) in sums.iter().enumerate() {
                 let o = tile * TILE_OUTPUTS + lane;
                 if o < weights.outputs {
@@ -291,9 +286,9 @@ fn for_each_tile(
     mut visit: impl FnMut(&[u8], usize, usize),
 ) {
     let mut packed = vec![0u8; weights.groups() * TILE_PIXELS * GROUP];
+    let flip = weights.kind.flip();
     for start in (0..pixels).step_by(TILE_PIXELS) {
         let width = TILE_PIXELS.min(pixels - start);
-        let flip = weights.kind.flip();
         pack_tile(x, weights.inputs, pixels, start, width, flip, &mut packed);
         visit(&packed, start, width);
     }
